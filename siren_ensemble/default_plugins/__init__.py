@@ -1,0 +1,1 @@
+"""Built-in backbones and combiners, registered through the same hooks as third-party plugins."""
