@@ -1,0 +1,209 @@
+"""What a backbone adapter knows: how to load an architecture and where its blocks and MLPs live.
+
+Adapters are registered by class through the ``register_backbones`` hook. Everything that
+depends on the architecture lives here, so heads and the forward pass stay generic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ArtifactError, ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything that identifies one loaded backbone; members with equal specs share it."""
+
+    adapter: str
+    model: str
+    gguf_file: str | None = None
+    revision: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    device_map: tuple[tuple[str, Any], ...] | None = None
+    max_memory: tuple[tuple[Any, Any], ...] | None = None
+    trust_remote_code: bool = False
+    options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def describe(self) -> str:
+        where = f"{self.model}" + (f" ({self.gguf_file})" if self.gguf_file else "")
+        return where + (f"@{self.revision}" if self.revision else "")
+
+
+class BackboneAdapter:
+    """Base adapter for ``transformers`` models loaded with ``AutoModel`` (never the LM head)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: ``config.model_type`` values this adapter accepts; ``None`` accepts any.
+    model_types: ClassVar[frozenset[str] | None] = None
+    padding_side: ClassVar[str] = "right"
+    #: Paths tried, in order, to find the ModuleList of transformer blocks.
+    block_paths: ClassVar[tuple[str, ...]] = ("layers", "model.layers")
+    mlp_attributes: ClassVar[tuple[str, ...]] = ("mlp",)
+
+    def __init__(self, spec: BackboneSpec):
+        self.spec = spec
+
+    # ---- loading -------------------------------------------------------------------------
+
+    def _hub_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"trust_remote_code": self.spec.trust_remote_code}
+        if self.spec.revision:
+            kwargs["revision"] = self.spec.revision
+        if self.spec.gguf_file:
+            kwargs["gguf_file"] = self.spec.gguf_file
+        return kwargs
+
+    def load_config(self):
+        from transformers import AutoConfig
+
+        config = _wrap_load_errors(self.spec, "config", lambda: AutoConfig.from_pretrained(self.spec.model, **self._hub_kwargs()))
+        self.check_model_type(config)
+        return config
+
+    def check_model_type(self, config) -> None:
+        model_type = getattr(config, "model_type", None)
+        if self.model_types is not None and model_type not in self.model_types:
+            accepted = ", ".join(sorted(self.model_types))
+            raise ConfigError(
+                f"backbone {self.name!r} reads model_type {accepted}, but {self.spec.describe()} is "
+                f"{model_type!r}; use a backbone made for it, or 'hf' for any transformers model"
+            )
+
+    @staticmethod
+    def num_layers(config) -> int:
+        return int(config.get_text_config().num_hidden_layers)
+
+    @staticmethod
+    def hidden_size(config) -> int:
+        return int(config.get_text_config().hidden_size)
+
+    def model_load_kwargs(self) -> dict[str, Any]:
+        kwargs = self._hub_kwargs()
+        kwargs["dtype"] = self.spec.torch_dtype
+        kwargs.update(dict(self.spec.options))
+        kwargs["device_map"] = self._device_map()
+        if self.spec.max_memory:
+            kwargs["max_memory"] = dict(self.spec.max_memory)
+        return kwargs
+
+    def _device_map(self):
+        # Placement goes through accelerate (transformers hands device_map to it).
+        if self.spec.device_map:
+            return dict(self.spec.device_map)
+        if self.spec.device == "auto":
+            return "auto"
+        check_device_available(self.spec.device)
+        return {"": self.spec.device}
+
+    def load_model(self) -> nn.Module:
+        from transformers import AutoModel
+
+        model = _wrap_load_errors(
+            self.spec, "weights", lambda: AutoModel.from_pretrained(self.spec.model, **self.model_load_kwargs())
+        )
+        self.check_model_type(model.config)
+        return model.eval().requires_grad_(False)
+
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        tokenizer = _wrap_load_errors(
+            self.spec, "tokenizer", lambda: AutoTokenizer.from_pretrained(self.spec.model, **self._hub_kwargs())
+        )
+        tokenizer.padding_side = self.padding_side
+        if tokenizer.pad_token is None:
+            # Same fallback as llm-siren; padded positions are masked out of every mean anyway.
+            tokenizer.pad_token = tokenizer.eos_token
+        if tokenizer.pad_token is None:
+            raise ArtifactError(f"tokenizer of {self.spec.describe()} has neither a pad nor an eos token")
+        return tokenizer
+
+    # ---- architecture conventions --------------------------------------------------------
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        for path in self.block_paths:
+            found = _get_path(model, path)
+            if isinstance(found, nn.ModuleList) and len(found) == self.num_layers(model.config):
+                return found
+        raise ArtifactError(
+            f"backbone {self.name!r}: no transformer blocks at {', '.join(self.block_paths)} in "
+            f"{type(model).__name__}; this architecture needs its own adapter plugin"
+        )
+
+    def mlp(self, block: nn.Module) -> nn.Module:
+        for attribute in self.mlp_attributes:
+            module = getattr(block, attribute, None)
+            if isinstance(module, nn.Module):
+                return module
+        raise ArtifactError(
+            f"backbone {self.name!r}: mlp_mean pooling needs the MLP of each block, but "
+            f"{type(block).__name__} has none of {', '.join(self.mlp_attributes)}"
+        )
+
+    @staticmethod
+    def forward_kwargs(model: nn.Module) -> dict[str, Any]:
+        """Keyword arguments for the forward call: a decoder's KV cache is never needed for scoring."""
+        accepts_cache = "use_cache" in inspect.signature(model.forward).parameters
+        return {"use_cache": False} if accepts_cache else {}
+
+
+def check_device_available(device: str) -> None:
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count()
+        wanted = int(index or 0)
+        if wanted >= count:
+            raise ConfigError(f"device {device!r} requested but this machine has {count} CUDA device(s)")
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' requested but MPS is not available")
+
+
+def _get_path(root: nn.Module, dotted: str):
+    current: Any = root
+    for part in dotted.split("."):
+        current = getattr(current, part, None)
+        if current is None:
+            return None
+    return current
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Hide load reports (e.g. the unused LM head) and progress bars while loading; restore after."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars_were_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars_were_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _wrap_load_errors(spec: BackboneSpec, what: str, load):
+    try:
+        with quiet_transformers():
+            return load()
+    except (OSError, ValueError, KeyError) as error:
+        # transformers reports unreachable hubs, missing files and bad GGUFs this way.
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ArtifactError(f"cannot load the {what} of {spec.describe()}: {first_line}") from None
