@@ -1,0 +1,11 @@
+"""siren-ensemble: a harmful-content guard reading frozen LLMs' internal representations."""
+
+from .ensemble import Ensemble, EnsembleResult
+from .errors import ArtifactError, ConfigError, InputError, MemberError, SirenError
+from .head import SirenHead
+
+__all__ = [
+    "ArtifactError", "ConfigError", "Ensemble", "EnsembleResult", "InputError", "MemberError",
+    "SirenError", "SirenHead",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,155 @@
+"""The ensemble's YAML config, validated into typed, frozen objects.
+
+Every error names the field's path (``members[1].dtype``). Relative paths resolve against the
+directory of the config file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from . import plugins
+from .errors import ConfigError
+from .validation import format_validation_error
+
+DEVICE_PATTERN = r"^(cpu|auto|mps|cuda(:\d+)?)$"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MemberConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    backbone: str
+    head: str
+    model: str | None = None
+    gguf_file: str | None = None
+    revision: str | None = None
+    head_revision: str | None = None
+    device: str = Field("cpu", pattern=DEVICE_PATTERN)
+    device_map: dict[str, str | int] | None = None
+    max_memory: dict[str | int, str | int] | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    weight: float = Field(1.0, ge=0)
+    threshold: float | None = Field(None, ge=0, le=1)
+    trust_remote_code: bool = False
+    #: Extra keyword arguments for the model's from_pretrained (e.g. attn_implementation).
+    backbone_options: dict[str, str | int | float | bool | None] = {}
+
+
+class CombinerConfig(BaseModel):
+    # The combiner's own options sit beside `type` and are validated by the combiner's Options model.
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str = "mean"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class BatchingConfig(_Strict):
+    #: Padded tokens (texts x longest text) per forward pass.
+    max_tokens: int = Field(8192, ge=1)
+    max_texts: int = Field(64, ge=1)
+
+
+class EnsembleConfig(_Strict):
+    members: list[MemberConfig] = Field(min_length=1)
+    combiner: CombinerConfig = CombinerConfig()
+    threshold: float | None = Field(None, ge=0, le=1)
+    on_member_error: Literal["fail_closed", "fail_open", "raise"] = "fail_closed"
+    batching: BatchingConfig = BatchingConfig()
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    @classmethod
+    def from_dict(cls, raw: Any, base_dir: str | Path | None = None, source: str = "config") -> "EnsembleConfig":
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a mapping with `members:` at the top level, got {type(raw).__name__}")
+        try:
+            config = cls.model_validate(raw)
+        except ValidationError as error:
+            raise ConfigError(f"{source}: {format_validation_error(error, cls)}") from None
+        config._base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
+        try:
+            config._check_semantics()
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
+        return config
+
+    def _check_semantics(self) -> None:
+        seen: dict[str, int] = {}
+        backbone_registry = plugins.backbones()
+        for index, member in enumerate(self.members):
+            where = f"members[{index}]"
+            if member.name in seen:
+                raise ConfigError(f"{where}.name: duplicate name {member.name!r} (also members[{seen[member.name]}])")
+            seen[member.name] = index
+            if member.backbone not in backbone_registry:
+                raise ConfigError(f"{where}.backbone: {backbone_registry.unknown_message(member.backbone)}")
+            if (member.device_map or member.max_memory) and member.device != "auto":
+                raise ConfigError(f"{where}.device: device_map and max_memory need device 'auto' (got {member.device!r})")
+            if member.model is None and member.gguf_file is not None and not resolve_path(member.gguf_file, self.base_dir).is_file():
+                raise ConfigError(f"{where}.gguf_file: {resolve_path(member.gguf_file, self.base_dir)} does not exist")
+        combiner_registry = plugins.combiners()
+        if self.combiner.type not in combiner_registry:
+            raise ConfigError(f"combiner.type: {combiner_registry.unknown_message(self.combiner.type)}")
+        self.combiner_options()
+        if self.combiner.type == "vote" and self.threshold is not None:
+            raise ConfigError(
+                "threshold: the vote combiner decides by its rule (any, majority or k of n); "
+                "remove `threshold` and set combiner.rule / combiner.k, or members[*].threshold"
+            )
+
+    def combiner_options(self) -> BaseModel:
+        options_model = plugins.combiners().get(self.combiner.type).cls.Options
+        try:
+            return options_model.model_validate(self.combiner.options)
+        except ValidationError as error:
+            raise ConfigError(format_validation_error(error, options_model, prefix=("combiner",))) from None
+
+
+def load_config(path: str | Path) -> EnsembleConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{path}: invalid YAML: {where}{problem}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty config")
+    return EnsembleConfig.from_dict(raw, base_dir=path.parent.resolve(), source=str(path))
+
+
+def resolve_path(value: str, base_dir: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def is_local(value: str, base_dir: Path) -> bool:
+    """A model or head reference is local when it exists on disk or is written as a path; else a hub id."""
+    if value.startswith(("/", "./", "../", "~")) or resolve_path(value, base_dir).exists():
+        return True
+    return not _HUB_ID.match(value)
+

@@ -1,0 +1,217 @@
+"""The ensemble: members (a SIREN head on a backbone each), one combiner, one threshold.
+
+Members whose backbone specs are equal share the loaded model; those that also share the
+head's ``max_length`` share each forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import plugins
+from .backbones.base import BackboneSpec
+from .combiners import Combiner, MemberView
+from .config import EnsembleConfig, load_config
+from .encoding import plan_batches
+from .errors import InputError, MemberError, SirenError
+from .extraction import LoadedBackbone, union_of
+from .members import MemberPlan, validate_plan
+from .text import clean_text, join_prompt_response
+
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    score: float
+    is_harmful: bool
+    threshold: float
+    #: Each member's score; ``None`` where that member failed (see ``errors``).
+    members: dict[str, float | None]
+    truncated: bool = False
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        if not self.errors:
+            del data["errors"]
+        return data
+
+
+@dataclass(frozen=True)
+class _SharedPass:
+    """Members that can share one forward pass: same loaded backbone and same max_length."""
+
+    backbone: LoadedBackbone
+    max_length: int
+    member_positions: tuple[int, ...]
+
+
+@dataclass
+class _MemberScores:
+    scores: np.ndarray  # texts x members, NaN where a member failed
+    truncated: np.ndarray
+    errors: list[dict[str, str]]
+
+
+class Ensemble:
+    def __init__(self, config: EnsembleConfig, plans: list[MemberPlan], backbones: dict[BackboneSpec, LoadedBackbone]):
+        self.config = config
+        self.plans = plans
+        self.member_names = [plan.name for plan in plans]
+        registration = plugins.combiners().get(config.combiner.type)
+        views = [MemberView(plan.name, plan.weight, plan.threshold) for plan in plans]
+        self.combiner: Combiner = registration.cls(config.combiner_options(), views, config.base_dir)
+        implied = self.combiner.default_threshold()
+        self.threshold = config.threshold if config.threshold is not None else (
+            implied if implied is not None else DEFAULT_THRESHOLD
+        )
+        self._passes = _group_passes(plans, backbones)
+        self._lock = threading.Lock()
+        for plan in plans:
+            plan.head.to(backbones[plan.spec].input_device)
+
+    @classmethod
+    def from_config(cls, config: str | Path | EnsembleConfig) -> "Ensemble":
+        if not isinstance(config, EnsembleConfig):
+            config = load_config(config)
+        plans = validate_plan(config)
+        backbones: dict[BackboneSpec, LoadedBackbone] = {}
+        for plan in plans:
+            if plan.spec not in backbones:
+                try:
+                    backbones[plan.spec] = LoadedBackbone.load(plan.adapter)
+                except SirenError as error:
+                    raise type(error)(f"{plan.where}: {error}") from None
+            plan.head.check_backbone(backbones[plan.spec].num_layers, backbones[plan.spec].hidden_size)
+        return cls(config, plans, backbones)
+
+    # ---- public API (mirrors llm-siren's SirenGuard) -------------------------------------
+
+    def score(self, text: str | None = None, *, prompt: str | None = None, response: str | None = None,
+              threshold: float | None = None) -> EnsembleResult:
+        if text is not None and (prompt is not None or response is not None):
+            raise InputError("pass either `text` or `prompt`/`response`, not both")
+        if text is None:
+            if prompt is None and response is None:
+                raise InputError("provide `text`, or at least one of `prompt`/`response`")
+            _check_string("prompt", prompt)
+            _check_string("response", response)
+            text = join_prompt_response(prompt, response)
+        return self.score_batch([text], threshold=threshold)[0]
+
+    def score_batch(self, texts: Sequence[str], threshold: float | None = None, progress: bool = False) -> list[EnsembleResult]:
+        if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+            raise InputError(f"texts: expected a list of strings, got {type(texts).__name__}")
+        for index, text in enumerate(texts):
+            _check_string(f"texts[{index}]", text, allow_none=False)
+        threshold = self._resolve_threshold(threshold)
+        if not texts:
+            return []
+        member_scores = self._member_scores(list(texts), progress)
+        return self._combine(member_scores, threshold)
+
+    def score_streaming(self, prefix: str, threshold: float | None = None) -> EnsembleResult:
+        """Score the response generated so far (re-encodes the whole prefix, as llm-siren does)."""
+        _check_string("prefix", prefix, allow_none=False)
+        return self.score_batch([prefix], threshold=threshold)[0]
+
+    __call__ = score
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _resolve_threshold(self, threshold: float | None) -> float:
+        if threshold is None:
+            return self.threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            raise InputError(f"threshold: expected a number between 0 and 1, got {threshold!r}")
+        return float(threshold)
+
+    def _member_scores(self, texts: list[str], progress: bool) -> _MemberScores:
+        cleaned = [clean_text(text) for text in texts]
+        scores = np.full((len(texts), len(self.plans)), np.nan)
+        truncated = np.zeros(len(texts), dtype=bool)
+        errors: list[dict[str, str]] = [{} for _ in texts]
+        work = []
+        for shared in self._passes:
+            encoded = shared.backbone.encode(cleaned, shared.max_length)
+            truncated |= np.array([item.truncated for item in encoded])
+            lengths = [len(item.ids) for item in encoded]
+            batching = self.config.batching
+            for batch in plan_batches(lengths, batching.max_tokens, batching.max_texts):
+                work.append((shared, batch, [encoded[i].ids for i in batch]))
+        with self._lock:
+            for shared, batch, sequences in tqdm(work, desc="scoring", unit="batch", disable=not progress, leave=False):
+                self._run_pass(shared, batch, sequences, scores, errors)
+        return _MemberScores(scores, truncated, errors)
+
+    def _run_pass(self, shared: _SharedPass, batch: list[int], sequences, scores: np.ndarray, errors) -> None:
+        members = [self.plans[position] for position in shared.member_positions]
+        try:
+            pooled = shared.backbone.pooled_states(sequences, union_of(plan.head.request for plan in members))
+        except Exception as error:  # fail closed on anything the forward pass raises
+            for plan in members:
+                _record_failure(errors, batch, plan.name, f"forward pass failed: {type(error).__name__}: {error}")
+            return
+        for position, plan in zip(shared.member_positions, members):
+            try:
+                request = plan.head.request
+                probabilities = plan.head({layer: pooled[(request.pooling, layer)] for layer in request.layers})
+                values = probabilities.detach().cpu().double().numpy()
+            except Exception as error:
+                _record_failure(errors, batch, plan.name, f"head failed: {type(error).__name__}: {error}")
+                continue
+            for row, value in zip(batch, values):
+                if math.isfinite(value):
+                    scores[row, position] = value
+                else:
+                    errors[row][plan.name] = f"non-finite score ({value})"
+
+    def _combine(self, member_scores: _MemberScores, threshold: float) -> list[EnsembleResult]:
+        scores, errors = member_scores.scores, member_scores.errors
+        failed = np.array([bool(text_errors) for text_errors in errors])
+        policy = self.config.on_member_error
+        if failed.any() and policy == "raise":
+            row = int(np.argmax(failed))
+            name, message = next(iter(errors[row].items()))
+            raise MemberError(f"member {name!r} failed on text {row}: {message}")
+        filled = np.where(np.isnan(scores), 0.0, scores)  # fail_open: a failed member counts as benign
+        combined = self.combiner.combine(filled)
+        results = []
+        for row in range(len(scores)):
+            members = {
+                name: (None if math.isnan(scores[row, column]) else float(scores[row, column]))
+                for column, name in enumerate(self.member_names)
+            }
+            score = float(combined[row])
+            if failed[row] and policy == "fail_closed":
+                score = 1.0
+            results.append(EnsembleResult(
+                score=score, is_harmful=score >= threshold, threshold=threshold, members=members,
+                truncated=bool(member_scores.truncated[row]), errors=dict(errors[row]),
+            ))
+        return results
+
+
+def _group_passes(plans: list[MemberPlan], backbones: dict[BackboneSpec, LoadedBackbone]) -> list[_SharedPass]:
+    groups: dict[tuple[BackboneSpec, int], list[int]] = {}
+    for position, plan in enumerate(plans):
+        groups.setdefault((plan.spec, plan.head.max_length), []).append(position)
+    return [_SharedPass(backbones[spec], max_length, tuple(positions)) for (spec, max_length), positions in groups.items()]
+
+
+def _record_failure(errors: list[dict[str, str]], batch: list[int], member: str, message: str) -> None:
+    for row in batch:
+        errors[row][member] = message
+
+
+def _check_string(what: str, value, allow_none: bool = True) -> None:
+    if not isinstance(value, str) and not (allow_none and value is None):
+        raise InputError(f"{what}: expected a string, got {type(value).__name__}")

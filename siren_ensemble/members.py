@@ -1,0 +1,127 @@
+"""From a validated config to resolved members: heads loaded, backbone specs settled, checks done.
+
+Nothing here loads model weights; ``validate`` stops after these steps, ``Ensemble`` goes on
+to load one backbone per distinct spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import plugins
+from .backbones.base import BackboneAdapter, BackboneSpec
+from .config import EnsembleConfig, MemberConfig, is_local, resolve_path
+from .errors import ArtifactError, ConfigError, SirenError
+from .head import CONFIG_FILE, WEIGHTS_FILE, SirenHead
+
+
+@dataclass(frozen=True)
+class MemberPlan:
+    index: int
+    name: str
+    head: SirenHead
+    adapter: BackboneAdapter
+    weight: float
+    threshold: float
+
+    @property
+    def spec(self) -> BackboneSpec:
+        return self.adapter.spec
+
+    @property
+    def where(self) -> str:
+        return f"members[{self.index}]"
+
+
+def plan_members(config: EnsembleConfig) -> list[MemberPlan]:
+    registry = plugins.backbones()
+    plans = []
+    for index, member in enumerate(config.members):
+        where = f"members[{index}]"
+        try:
+            head = SirenHead.load(_head_directory(member, config.base_dir))
+        except SirenError as error:
+            raise type(error)(f"{where}.head: {error}") from None
+        spec = _backbone_spec(member, head, config.base_dir, registry.get(member.backbone).name, where)
+        adapter = registry.get(member.backbone).cls(spec)
+        threshold = member.threshold if member.threshold is not None else head.default_threshold
+        plans.append(MemberPlan(index, member.name, head, adapter, member.weight, threshold))
+    return plans
+
+
+def check_heads_against_backbones(plans: list[MemberPlan]) -> None:
+    """Read each distinct backbone's config (no weights) and check every head can read it."""
+    depth_and_width: dict[BackboneSpec, tuple[int, int]] = {}
+    for plan in plans:
+        try:
+            if plan.spec not in depth_and_width:
+                model_config = plan.adapter.load_config()
+                depth_and_width[plan.spec] = (plan.adapter.num_layers(model_config), plan.adapter.hidden_size(model_config))
+            plan.head.check_backbone(*depth_and_width[plan.spec])
+        except SirenError as error:
+            raise type(error)(f"{plan.where}: {error}") from None
+
+
+def _head_directory(member: MemberConfig, base_dir: Path) -> Path:
+    if is_local(member.head, base_dir):
+        directory = resolve_path(member.head, base_dir)
+        if not directory.is_dir():
+            raise ArtifactError(f"{directory}: no such directory")
+        return directory
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(member.head, revision=member.head_revision, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
+    except Exception as error:  # the hub client raises many types; all mean "could not fetch"
+        raise ArtifactError(f"cannot fetch {member.head!r} from the Hugging Face hub ({type(error).__name__})") from None
+
+
+def _backbone_spec(member: MemberConfig, head: SirenHead, base_dir: Path, adapter_name: str, where: str) -> BackboneSpec:
+    model, revision, gguf_file = member.model, member.revision, member.gguf_file
+    if model is None and gguf_file is not None:
+        # A bare GGUF path: its directory is the model, its name the file inside it.
+        gguf_path = resolve_path(gguf_file, base_dir)
+        model, gguf_file = str(gguf_path.parent), gguf_path.name
+    elif model is None:
+        model = head.config.base_model.model_id
+        revision = revision or head.config.base_model.revision
+    if is_local(model, base_dir):
+        model_path = resolve_path(model, base_dir)
+        if not model_path.exists():
+            field = "model" if member.model is not None else "head (its base_model.model_id)"
+            raise ConfigError(f"{where}.{field}: {model_path} does not exist")
+        if gguf_file is not None and not (model_path / gguf_file).is_file():
+            raise ConfigError(f"{where}.gguf_file: {model_path / gguf_file} does not exist")
+        model = str(model_path)
+    return BackboneSpec(
+        adapter=adapter_name,
+        model=model,
+        gguf_file=gguf_file,
+        revision=revision,
+        dtype=member.dtype,
+        device=member.device,
+        device_map=tuple(sorted(member.device_map.items())) if member.device_map else None,
+        max_memory=tuple(sorted(member.max_memory.items(), key=str)) if member.max_memory else None,
+        trust_remote_code=member.trust_remote_code,
+        options=tuple(sorted(member.backbone_options.items())),
+    )
+
+
+def validate_plan(config: EnsembleConfig) -> list[MemberPlan]:
+    """Everything ``validate`` checks: heads, backbone configs, combiner options; no weights loaded."""
+    plans = plan_members(config)
+    check_heads_against_backbones(plans)
+    return plans
+
+
+def describe_plan(config: EnsembleConfig, plans: list[MemberPlan]) -> str:
+    lines = [f"combiner: {config.combiner.type}; on_member_error: {config.on_member_error}"]
+    for plan in plans:
+        head = plan.head.config
+        lines.append(
+            f"  {plan.name}: backbone {plan.spec.adapter} on {plan.spec.describe()} ({plan.spec.dtype}, {plan.spec.device}); "
+            f"head {head.pooling}, layers {head.layers[0]}-{head.layers[-1]} ({len(head.layers)}), "
+            f"{head.mlp.input_dim} neurons, max_length {head.inference.max_length}, threshold {plan.threshold}"
+        )
+    return "\n".join(lines)

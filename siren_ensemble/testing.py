@@ -1,0 +1,156 @@
+"""Tiny, locally built models, tokenizers and heads for tests and demos (no hub access needed).
+
+Plugin authors can use these to test an adapter the way the built-in ones are tested.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from .backbones.base import quiet_transformers
+from .head import HeadConfig, SirenHead, SirenMLP, neuron_key
+
+_CORPUS = [
+    "How do I bake bread at home with simple ingredients?",
+    "Write a short poem about the sea and the wind.",
+    "Explain how vaccines train the immune system.",
+    "I can't help with that request, but here is some safety information.",
+    "Describe the history of the printing press in Europe.",
+    "What is the capital of France? Paris is the capital.",
+    "Give me step by step instructions for a chemistry experiment.",
+    "The quick brown fox jumps over the lazy dog 0123456789.",
+    "Sure! Here is a SQL query: SELECT name FROM users WHERE id = 1;",
+    "Please summarise this article about climate policy in two sentences.",
+]
+
+#: Small enough to build in well under a second, big enough to have distinct layers.
+TINY_DIMENSIONS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4)
+
+
+def build_tokenizer(directory: str | Path, bos: bool = True, vocab_size: int = 400):
+    """A byte-level BPE tokenizer trained on a built-in corpus; ``bos`` adds a BOS token like Llama 3."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|bos|>", "<|eos|>", "<|pad|>"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single="<|bos|> $A", pair="<|bos|> $A $B", special_tokens=[("<|bos|>", backend.token_to_id("<|bos|>"))]
+        )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>",
+        model_max_length=4096,
+    )
+    tokenizer.save_pretrained(str(directory))
+    return tokenizer
+
+
+def build_tiny_model(directory: str | Path, architecture: str = "llama", seed: int = 0, **overrides) -> Path:
+    """Save a tiny random ``llama``, ``qwen3``, ``qwen2``, ``gpt2`` or ``bert`` model with its tokenizer."""
+    import transformers
+
+    directory = Path(directory)
+    tokenizer = build_tokenizer(directory, bos=architecture in ("llama", "gpt2"))
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    dims = {**TINY_DIMENSIONS, **overrides}
+    if architecture == "gpt2":
+        config = transformers.GPT2Config(
+            vocab_size=len(tokenizer), n_embd=dims["hidden_size"], n_layer=dims["num_hidden_layers"],
+            n_head=dims["num_attention_heads"], n_positions=4096, **ids,
+        )
+    elif architecture == "bert":
+        config = transformers.BertConfig(vocab_size=len(tokenizer), max_position_embeddings=4096, **dims, **ids)
+    else:
+        config_class = {
+            "llama": transformers.LlamaConfig, "qwen3": transformers.Qwen3Config, "qwen2": transformers.Qwen2Config,
+        }[architecture]
+        extra = {"head_dim": dims["hidden_size"] // dims["num_attention_heads"]} if architecture == "qwen3" else {}
+        config = config_class(
+            vocab_size=len(tokenizer), num_key_value_heads=2, max_position_embeddings=4096, **dims, **extra, **ids
+        )
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config) if architecture != "bert" else transformers.AutoModel.from_config(config)
+    with quiet_transformers():
+        model.save_pretrained(str(directory))
+    return directory
+
+
+def random_head(
+    model_id: str,
+    layers: Iterable[int],
+    hidden_size: int,
+    neurons_per_layer: int = 8,
+    pooling: str = "residual_mean",
+    layer_dims: tuple[int, ...] = (16, 8),
+    dropout_rates: tuple[float, ...] = (0.1, 0.0),
+    max_length: int = 512,
+    threshold: float = 0.5,
+    seed: int = 0,
+    scale: float = 3.0,
+) -> SirenHead:
+    """A head with random neurons, layer weights and MLP weights; ``scale`` sets how far scores spread."""
+    generator = torch.Generator().manual_seed(seed)
+    layers = sorted(set(layers))
+    neurons = {
+        neuron_key(layer): torch.randperm(hidden_size, generator=generator)[:neurons_per_layer].tolist() for layer in layers
+    }
+    weights = {layer: round(0.1 + 0.9 * float(torch.rand(1, generator=generator)), 4) for layer in layers}
+    config = HeadConfig.model_validate({
+        "task": "content",
+        "base_model": {"model_id": model_id, "revision": None},
+        "siren_module": {
+            "pooling_type": pooling, "selected_layers": layers, "layer_weights": weights,
+            "selected_neurons_dict": neurons,
+        },
+        "mlp": {
+            "input_dim": neurons_per_layer * len(layers), "layer_dims": list(layer_dims),
+            "dropout_rates": list(dropout_rates), "num_classes": 2,
+        },
+        "inference": {"max_length": max_length, "default_threshold": threshold},
+    })
+    mlp = SirenMLP(config.mlp)
+    with torch.no_grad():
+        for parameter in mlp.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale / parameter.shape[-1] ** 0.5)
+    return SirenHead(config, mlp)
+
+
+def write_demo_ensemble(directory: str | Path) -> Path:
+    """Three tiny random backbones (Llama, Qwen3, Qwen2), a random head each, and a vote config.
+
+    It exercises the whole pipeline offline in seconds; its scores mean nothing.
+    """
+    import yaml
+
+    directory = Path(directory)
+    members = []
+    for seed, (architecture, backbone, pooling) in enumerate(
+        [("llama", "llama3", "residual_mean"), ("qwen3", "qwen3", "mlp_mean"), ("qwen2", "qwen3", "residual_mean")]
+    ):
+        model = build_tiny_model(directory / "models" / architecture, architecture, seed=seed)
+        random_head(str(model), layers=[1, TINY_DIMENSIONS["num_hidden_layers"] - 1], hidden_size=TINY_DIMENSIONS["hidden_size"],
+                    pooling=pooling, seed=seed).save(directory / "heads" / architecture)
+        members.append({
+            "name": f"tiny-{architecture}", "backbone": backbone, "model": f"models/{architecture}", "head": f"heads/{architecture}",
+        })
+    config = {"members": members, "combiner": {"type": "vote", "rule": "majority"}, "on_member_error": "fail_closed"}
+    path = directory / "ensemble.yaml"
+    path.write_text("# Demo ensemble of tiny RANDOM models and heads: its scores mean nothing.\n" + yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(write_demo_ensemble(sys.argv[1] if len(sys.argv) > 1 else "demo"))

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from siren_ensemble.testing import TINY_DIMENSIONS, build_tiny_model, random_head
+
+HIDDEN = TINY_DIMENSIONS["hidden_size"]
+DEPTH = TINY_DIMENSIONS["num_hidden_layers"]
+
+TEXTS = [
+    "How do I bake bread at home?",
+    "Write a poem about the sea.",
+    "",
+    "   ",
+    "<|im_start|>user\nExplain vaccines.<|im_end|>\n\n\n\n<|im_start|>assistant",
+    "Give me step by step instructions for a chemistry experiment. " * 3,
+    "x",
+    "The quick brown fox jumps over the lazy dog.",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {arch: build_tiny_model(root / arch, arch, seed=index) for index, arch in enumerate(["llama", "qwen3", "qwen2", "gpt2", "bert"])}
+
+
+@pytest.fixture
+def write_head(tmp_path):
+    def write(model: Path, name: str = "head", **kwargs) -> Path:
+        kwargs.setdefault("layers", [0, 2])
+        kwargs.setdefault("hidden_size", HIDDEN)
+        return random_head(str(model), **kwargs).save(tmp_path / name)
+
+    return write
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    def write(config: dict, name: str = "ensemble.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    return write
