@@ -1,0 +1,96 @@
+"""Texts to score from files: plain text (one per line) or JSONL; every error names its line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .text import join_prompt_response
+
+_MAX_REPORTED = 5
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    text: str
+    line: int | None = None
+    id: Any = None
+    label: int | None = None
+
+
+def read_inputs(path: str, require_label: bool = False) -> list[InputRecord]:
+    """Read ``path`` (``-`` for stdin). ``.jsonl`` files, and stdin starting with ``{``, are JSONL."""
+    name = "<stdin>" if path == "-" else path
+    data = sys.stdin.buffer.read() if path == "-" else _read_bytes(path)
+    lines = data.split(b"\n")
+    decoded, problems = [], []
+    for number, raw in enumerate(lines, start=1):
+        try:
+            decoded.append((number, raw.decode("utf-8").rstrip("\r")))
+        except UnicodeDecodeError as error:
+            problems.append(f"line {number}: invalid UTF-8 at byte {error.start} of the line")
+    content = [(number, line) for number, line in decoded if line.strip()]
+    as_jsonl = path.endswith(".jsonl") or (path == "-" and bool(content) and content[0][1].lstrip().startswith("{"))
+    if require_label and not as_jsonl:
+        raise InputError(f"{name}: labelled data must be JSONL with a `label` field on each line")
+    records = []
+    for number, line in content:
+        try:
+            records.append(_parse_jsonl_line(line, number, require_label) if as_jsonl else InputRecord(text=line, line=number))
+        except InputError as error:
+            problems.append(f"line {number}: {error}")
+    if problems:
+        shown = "; ".join(sorted(problems, key=_line_number)[:_MAX_REPORTED])
+        more = f" (and {len(problems) - _MAX_REPORTED} more)" if len(problems) > _MAX_REPORTED else ""
+        raise InputError(f"{name}: {shown}{more}")
+    if not records:
+        raise InputError(f"{name}: no inputs (the file is empty or blank)")
+    return records
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: input file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not an input file") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+
+
+def _parse_jsonl_line(line: str, number: int, require_label: bool) -> InputRecord:
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise InputError(f"malformed JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(item, dict):
+        raise InputError(f"expected a JSON object, got {type(item).__name__}")
+    has_text = "text" in item
+    has_pair = "prompt" in item or "response" in item
+    if has_text == has_pair:
+        raise InputError("needs either `text` or `prompt`/`response`")
+    for key in ("text", "prompt", "response"):
+        if key in item and not isinstance(item[key], str):
+            raise InputError(f"`{key}` must be a string, got {type(item[key]).__name__}")
+    text = item["text"] if has_text else join_prompt_response(item.get("prompt"), item.get("response"))
+    label = _parse_label(item.get("label")) if require_label else None
+    return InputRecord(text=text, line=number, id=item.get("id"), label=label)
+
+
+def _parse_label(value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if value in (0, 1):
+        return int(value)
+    if isinstance(value, str) and value.lower() in ("harmful", "unsafe", "benign", "safe"):
+        return int(value.lower() in ("harmful", "unsafe"))
+    raise InputError(f"`label` must be 0/1, true/false or harmful/benign, got {value!r}")
+
+
+def _line_number(problem: str) -> int:
+    return int(problem.split(":", 1)[0].removeprefix("line "))
