@@ -125,7 +125,7 @@ def validate(config_path):
     from .members import describe_plan, validate_plan
 
     config = load_config(config_path)
-    plans = validate_plan(config)
+    plans, _combiner = validate_plan(config)
     click.echo(f"{config_path}: OK")
     click.echo(describe_plan(config, plans))
 

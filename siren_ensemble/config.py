@@ -18,6 +18,11 @@ from .errors import ConfigError
 from .validation import format_validation_error
 
 DEVICE_PATTERN = r"^(cpu|auto|mps|cuda(:\d+)?)$"
+#: from_pretrained arguments the member's own fields control; backbone_options may not override them.
+RESERVED_LOAD_OPTIONS = frozenset({
+    "revision", "gguf_file", "dtype", "torch_dtype", "device_map", "max_memory", "trust_remote_code",
+    "subfolder", "cache_dir", "token", "local_files_only", "use_safetensors",
+})
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -68,10 +73,16 @@ class EnsembleConfig(_Strict):
     batching: BatchingConfig = BatchingConfig()
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _source: str = PrivateAttr(default="config")
 
     @property
     def base_dir(self) -> Path:
         return self._base_dir
+
+    @property
+    def source(self) -> str:
+        """The config file's path, or "config" for one built from a dict."""
+        return self._source
 
     @classmethod
     def from_dict(cls, raw: Any, base_dir: str | Path | None = None, source: str = "config") -> "EnsembleConfig":
@@ -82,6 +93,7 @@ class EnsembleConfig(_Strict):
         except ValidationError as error:
             raise ConfigError(f"{source}: {format_validation_error(error, cls)}") from None
         config._base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
+        config._source = source
         try:
             config._check_semantics()
         except ConfigError as error:
@@ -98,6 +110,12 @@ class EnsembleConfig(_Strict):
             seen[member.name] = index
             if member.backbone not in backbone_registry:
                 raise ConfigError(f"{where}.backbone: {backbone_registry.unknown_message(member.backbone)}")
+            reserved = sorted(set(member.backbone_options) & RESERVED_LOAD_OPTIONS)
+            if reserved:
+                raise ConfigError(
+                    f"{where}.backbone_options.{reserved[0]}: set by the member's own fields "
+                    f"(model, revision, gguf_file, dtype, device, trust_remote_code), not here"
+                )
             if (member.device_map or member.max_memory) and member.device != "auto":
                 raise ConfigError(f"{where}.device: device_map and max_memory need device 'auto' (got {member.device!r})")
             if member.model is None and member.gguf_file is not None and not resolve_path(member.gguf_file, self.base_dir).is_file():

@@ -15,9 +15,8 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import plugins
 from .backbones.base import BackboneSpec
-from .combiners import Combiner, MemberView
+from .combiners import Combiner
 from .config import EnsembleConfig, load_config
 from .encoding import plan_batches
 from .errors import InputError, MemberError, SirenError
@@ -62,13 +61,12 @@ class _MemberScores:
 
 
 class Ensemble:
-    def __init__(self, config: EnsembleConfig, plans: list[MemberPlan], backbones: dict[BackboneSpec, LoadedBackbone]):
+    def __init__(self, config: EnsembleConfig, plans: list[MemberPlan], combiner: Combiner,
+                 backbones: dict[BackboneSpec, LoadedBackbone]):
         self.config = config
         self.plans = plans
         self.member_names = [plan.name for plan in plans]
-        registration = plugins.combiners().get(config.combiner.type)
-        views = [MemberView(plan.name, plan.weight, plan.threshold) for plan in plans]
-        self.combiner: Combiner = registration.cls(config.combiner_options(), views, config.base_dir)
+        self.combiner = combiner
         implied = self.combiner.default_threshold()
         self.threshold = config.threshold if config.threshold is not None else (
             implied if implied is not None else DEFAULT_THRESHOLD
@@ -82,16 +80,16 @@ class Ensemble:
     def from_config(cls, config: str | Path | EnsembleConfig) -> "Ensemble":
         if not isinstance(config, EnsembleConfig):
             config = load_config(config)
-        plans = validate_plan(config)
+        plans, combiner = validate_plan(config)
         backbones: dict[BackboneSpec, LoadedBackbone] = {}
         for plan in plans:
-            if plan.spec not in backbones:
-                try:
+            try:
+                if plan.spec not in backbones:
                     backbones[plan.spec] = LoadedBackbone.load(plan.adapter)
-                except SirenError as error:
-                    raise type(error)(f"{plan.where}: {error}") from None
-            plan.head.check_backbone(backbones[plan.spec].num_layers, backbones[plan.spec].hidden_size)
-        return cls(config, plans, backbones)
+                backbones[plan.spec].check_readable(plan.head)
+            except SirenError as error:
+                raise type(error)(f"{plan.where}: {error}") from None
+        return cls(config, plans, combiner, backbones)
 
     # ---- public API (mirrors llm-siren's SirenGuard) -------------------------------------
 

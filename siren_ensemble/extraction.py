@@ -17,7 +17,7 @@ from torch import nn
 
 from .backbones.base import BackboneAdapter, BackboneSpec
 from .encoding import EncodedText, encode_texts, pad_batch
-from .head import FeatureRequest
+from .head import FeatureRequest, SirenHead
 
 PooledStates = dict[tuple[str, int], torch.Tensor]
 
@@ -58,6 +58,14 @@ class LoadedBackbone:
             num_layers=adapter.num_layers(model.config),
             hidden_size=adapter.hidden_size(model.config),
         )
+
+    def check_readable(self, head: SirenHead) -> None:
+        """Fail at load time, not at the first request, when ``head`` cannot read this backbone."""
+        head.check_backbone(self.num_layers, self.hidden_size)
+        blocks = self.adapter.blocks(self.model)
+        if head.config.pooling == "mlp_mean":
+            for layer in head.config.layers:
+                self.adapter.mlp(blocks[layer])
 
     @property
     def input_device(self) -> torch.device:

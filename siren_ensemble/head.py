@@ -75,13 +75,21 @@ class HeadConfig(_Section):
         return self.siren_module.pooling_type
 
     def neurons(self) -> dict[int, list[int]]:
-        by_layer: dict[int, list[int]] = {}
-        for key, indices in self.siren_module.selected_neurons_dict.items():
+        return {layer: self.siren_module.selected_neurons_dict[key] for layer, key in self._neuron_keys().items()}
+
+    def neuron_field(self, layer: int) -> str:
+        """The field path of a layer's neuron list, with the key as the file spells it."""
+        return f"siren_module.selected_neurons_dict.{self._neuron_keys()[layer]}"
+
+    def _neuron_keys(self) -> dict[int, str]:
+        # llm-siren reads the layer from the key's first "_"-separated part: "layer12" or "layer12_residual".
+        keys: dict[int, str] = {}
+        for key in self.siren_module.selected_neurons_dict:
             match = _LAYER_KEY.match(key)
             if match is None:
                 raise ValueError(f"key {key!r} is not of the form 'layer<N>'")
-            by_layer[int(match.group(1))] = indices
-        return by_layer
+            keys[int(match.group(1))] = key
+        return keys
 
     def layer_weight(self, layer: int) -> float:
         return self.siren_module.layer_weights.get(layer, 1.0)
@@ -172,9 +180,9 @@ class SirenHead(nn.Module):
                 f"backbone's depth ({num_layers} blocks, layers 0-{num_layers - 1})"
             )
         for layer, indices in self.config.neurons().items():
-            if layer in self.config.layers and indices and max(indices) >= hidden_size:
+            if layer in self.config.layers and max(indices) >= hidden_size:
                 raise ArtifactError(
-                    f"{config_file}: siren_module.selected_neurons_dict.{neuron_key(layer)}: neuron "
+                    f"{config_file}: {self.config.neuron_field(layer)}: neuron "
                     f"{max(indices)} is beyond the backbone's hidden size {hidden_size}"
                 )
 
@@ -227,9 +235,9 @@ def _check_consistency(config: HeadConfig, config_file: Path) -> None:
         if layer not in neurons:
             fail("siren_module.selected_neurons_dict", f"no '{neuron_key(layer)}' entry for selected layer {layer}")
         if not neurons[layer]:
-            fail(f"siren_module.selected_neurons_dict.{neuron_key(layer)}", "selects no neuron")
+            fail(config.neuron_field(layer), "selects no neuron")
         if min(neurons[layer]) < 0:
-            fail(f"siren_module.selected_neurons_dict.{neuron_key(layer)}", f"negative neuron index {min(neurons[layer])}")
+            fail(config.neuron_field(layer), f"negative neuron index {min(neurons[layer])}")
     selected_count = sum(len(neurons[layer]) for layer in config.layers)
     if config.mlp.input_dim != selected_count:
         fail("mlp.input_dim", f"is {config.mlp.input_dim} but the selected neurons add up to {selected_count}")

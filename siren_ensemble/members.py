@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import plugins
 from .backbones.base import BackboneAdapter, BackboneSpec
+from .combiners import Combiner, MemberView
 from .config import EnsembleConfig, MemberConfig, is_local, resolve_path
 from .errors import ArtifactError, ConfigError, SirenError
 from .head import CONFIG_FILE, WEIGHTS_FILE, SirenHead
@@ -74,7 +75,10 @@ def _head_directory(member: MemberConfig, base_dir: Path) -> Path:
     try:
         return Path(snapshot_download(member.head, revision=member.head_revision, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
     except Exception as error:  # the hub client raises many types; all mean "could not fetch"
-        raise ArtifactError(f"cannot fetch {member.head!r} from the Hugging Face hub ({type(error).__name__})") from None
+        raise ArtifactError(
+            f"{member.head!r} is not a local directory ({resolve_path(member.head, base_dir)} does not exist) "
+            f"and could not be fetched from the Hugging Face hub ({type(error).__name__})"
+        ) from None
 
 
 def _backbone_spec(member: MemberConfig, head: SirenHead, base_dir: Path, adapter_name: str, where: str) -> BackboneSpec:
@@ -108,11 +112,20 @@ def _backbone_spec(member: MemberConfig, head: SirenHead, base_dir: Path, adapte
     )
 
 
-def validate_plan(config: EnsembleConfig) -> list[MemberPlan]:
-    """Everything ``validate`` checks: heads, backbone configs, combiner options; no weights loaded."""
+def build_combiner(config: EnsembleConfig, plans: list[MemberPlan]) -> Combiner:
+    registration = plugins.combiners().get(config.combiner.type)
+    views = [MemberView(plan.name, plan.weight, plan.threshold) for plan in plans]
+    try:
+        return registration.cls(config.combiner_options(), views, config.base_dir)
+    except SirenError as error:
+        raise type(error)(f"{config.source}: {error}") from None
+
+
+def validate_plan(config: EnsembleConfig) -> tuple[list[MemberPlan], Combiner]:
+    """Everything ``validate`` checks: heads, backbone configs, the combiner; no weights loaded."""
     plans = plan_members(config)
     check_heads_against_backbones(plans)
-    return plans
+    return plans, build_combiner(config, plans)
 
 
 def describe_plan(config: EnsembleConfig, plans: list[MemberPlan]) -> str:

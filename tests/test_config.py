@@ -28,6 +28,8 @@ def member(head="head", **extra):
     ({"members": [member()], "on_member_error": "ignore"}, "on_member_error: Input should be 'fail_closed', 'fail_open' or 'raise'"),
     ({"members": [member(gguf_file="missing.gguf")]}, "members[0].gguf_file:"),
     ({"member": []}, "members: Field required"),
+    ({"members": [member(backbone_options={"trust_remote_code": True})]}, "members[0].backbone_options.trust_remote_code: set by the member's own fields"),
+    ({"members": [member(backbone_options={"nested": {"a": 1}})]}, "members[0].backbone_options.nested"),
 ])
 def test_errors_name_the_field(write_config, config, message):
     path = write_config(config)
@@ -69,7 +71,7 @@ def test_relative_paths_resolve_against_the_config_file(tiny_models, write_head,
     config_dir.mkdir()
     (config_dir / "e.yaml").write_text("members:\n  - name: a\n    backbone: llama3\n    head: ../heads/a\n")
     monkeypatch.chdir("/")
-    plans = validate_plan(load_config(config_dir / "e.yaml"))
+    plans, _ = validate_plan(load_config(config_dir / "e.yaml"))
     assert plans[0].head.source == str(config_dir / "../heads/a")
     assert plans[0].spec.model == str(tiny_models["llama"])
 
@@ -82,10 +84,10 @@ def test_missing_head_directory_names_the_member(write_config):
 
 def test_member_model_defaults_to_the_heads_base_model_and_can_be_overridden(tiny_models, write_head, write_config):
     head = write_head(tiny_models["llama"])
-    plans = validate_plan(load_config(write_config({"members": [member(head=str(head))]})))
+    plans, _ = validate_plan(load_config(write_config({"members": [member(head=str(head))]})))
     assert plans[0].spec.model == str(tiny_models["llama"])
     assert plans[0].threshold == 0.5
-    plans = validate_plan(load_config(write_config({"members": [
+    plans, _ = validate_plan(load_config(write_config({"members": [
         member(head=str(head), model=str(tiny_models["qwen3"]), backbone="qwen3", threshold=0.3, revision="abc123")
     ]})))
     assert (plans[0].spec.model, plans[0].spec.revision, plans[0].threshold) == (str(tiny_models["qwen3"]), "abc123", 0.3)
@@ -118,8 +120,45 @@ def test_hub_ids_are_not_mistaken_for_paths(tmp_path):
 
 def test_trust_remote_code_is_off_unless_asked(tiny_models, write_head, write_config):
     head = write_head(tiny_models["llama"])
-    plans = validate_plan(load_config(write_config({"members": [member(head=str(head))]})))
+    plans, _ = validate_plan(load_config(write_config({"members": [member(head=str(head))]})))
     assert plans[0].adapter.model_load_kwargs()["trust_remote_code"] is False
-    plans = validate_plan(load_config(write_config({"members": [member(head=str(head), trust_remote_code=True, revision="v1")]})))
+    plans, _ = validate_plan(load_config(write_config({"members": [member(head=str(head), trust_remote_code=True, revision="v1")]})))
     kwargs = plans[0].adapter.model_load_kwargs()
     assert kwargs["trust_remote_code"] is True and kwargs["revision"] == "v1"
+
+
+@pytest.mark.parametrize("combiner,message", [
+    ({"type": "vote", "rule": "k", "k": 5}, "combiner.k: must be between 1 and the number of members (1), got 5"),
+    ({"type": "stacking", "params": "missing.json"}, "stacking parameters file is missing"),
+    ({"type": "stacking"}, "combiner.params: Field required"),
+])
+def test_combiner_problems_are_found_before_loading_weights(tiny_models, write_head, write_config, combiner, message):
+    head = write_head(tiny_models["llama"])
+    path = write_config({"members": [member(head=str(head))], "combiner": combiner})
+    with pytest.raises(ConfigError if "missing" not in message else ArtifactError) as raised:
+        validate_plan(load_config(path))
+    assert str(raised.value).startswith(str(path)) and message in str(raised.value)
+
+
+def test_mlp_mean_head_on_a_model_without_mlp_modules_fails_at_load(tiny_models, write_head, write_config):
+    head = write_head(tiny_models["bert"], pooling="mlp_mean")
+    path = write_config({"members": [member(head=str(head), backbone="hf")]})
+    with pytest.raises(ArtifactError, match=r"members\[0\]: backbone 'hf': mlp_mean pooling needs the MLP of each block"):
+        Ensemble.from_config(path)
+
+
+def test_unavailable_cuda_device_names_the_member(tiny_models, write_head, write_config):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    path = write_config({"members": [member(head=str(write_head(tiny_models["llama"])), device="cuda:0")]})
+    with pytest.raises(ConfigError, match=r"members\[0\]: device 'cuda:0' requested but this machine has 0 CUDA device"):
+        Ensemble.from_config(path)
+
+
+def test_a_missing_relative_head_is_not_silently_taken_for_a_hub_id(write_config, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = write_config({"members": [member(head="heads/typo")]})
+    with pytest.raises(ArtifactError, match=r"members\[0\].head: 'heads/typo' is not a local directory .* and could not be fetched"):
+        validate_plan(load_config(path))

@@ -192,3 +192,23 @@ def test_scores_are_probabilities(two_heads, write_config):
     ensemble = Ensemble.from_config(write_config({"members": members(two_heads[1])}))
     for result in ensemble.score_batch(TEXTS):
         assert 0.0 <= result.score <= 1.0 and math.isfinite(result.score)
+
+
+def test_device_auto_places_through_accelerate(two_heads, write_config):
+    plain = Ensemble.from_config(write_config({"members": members(two_heads[0], names=("a",))}, name="cpu.yaml"))
+    auto = Ensemble.from_config(write_config({
+        "members": members(two_heads[0], names=("a",), device="auto", max_memory={"cpu": "2GiB"}),
+    }, name="auto.yaml"))
+    model = auto._passes[0].backbone.model
+    assert set(getattr(model, "hf_device_map", {"": "cpu"}).values()) <= {"cpu", torch.device("cpu")}
+    assert [r.score for r in auto.score_batch(TEXTS)] == pytest.approx([r.score for r in plain.score_batch(TEXTS)], abs=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("device", ["cuda:0", "auto"])
+def test_cuda_placement_matches_cpu(two_heads, write_config, device):
+    plain = Ensemble.from_config(write_config({"members": members(two_heads[1], names=("a",))}, name="cpu.yaml"))
+    gpu = Ensemble.from_config(write_config({"members": members(two_heads[1], names=("a",), device=device)}, name="gpu.yaml"))
+    assert gpu._passes[0].backbone.input_device.type == "cuda"
+    assert [r.score for r in gpu.score_batch(TEXTS)] == pytest.approx([r.score for r in plain.score_batch(TEXTS)], abs=1e-4)

@@ -106,6 +106,25 @@ def test_weights_must_match_config_strictly(head_dir):
         SirenHead.load(head_dir)
 
 
+def test_neuron_keys_may_carry_a_suffix_as_in_llm_siren(head_dir):
+    def rename(d):
+        neurons = d["siren_module"]["selected_neurons_dict"]
+        neurons["layer2_residual"] = neurons.pop("layer2")
+        neurons["layer2_residual"][0] = HIDDEN + 5
+
+    edit_config(head_dir, rename)
+    head = SirenHead.load(head_dir)
+    assert sorted(head.config.neurons()) == [0, 2]
+    with pytest.raises(ArtifactError, match=r"selected_neurons_dict.layer2_residual: neuron 69 is beyond"):
+        head.check_backbone(num_layers=DEPTH, hidden_size=HIDDEN)
+
+
+def test_negative_and_empty_neuron_lists(head_dir):
+    edit_config(head_dir, lambda d: d["siren_module"]["selected_neurons_dict"]["layer0"].__setitem__(0, -1))
+    with pytest.raises(ArtifactError, match="selected_neurons_dict.layer0: negative neuron index -1"):
+        SirenHead.load(head_dir)
+
+
 def test_backbone_mismatches_are_caught(head_dir):
     head = SirenHead.load(head_dir)
     head.check_backbone(num_layers=DEPTH, hidden_size=HIDDEN)
