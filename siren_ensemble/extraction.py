@@ -45,6 +45,7 @@ class LoadedBackbone:
     tokenizer: object
     num_layers: int
     hidden_size: int
+    blocks: nn.ModuleList
 
     @classmethod
     def load(cls, adapter: BackboneAdapter) -> "LoadedBackbone":
@@ -57,15 +58,15 @@ class LoadedBackbone:
             tokenizer=tokenizer,
             num_layers=adapter.num_layers(model.config),
             hidden_size=adapter.hidden_size(model.config),
+            blocks=adapter.blocks(model),
         )
 
     def check_readable(self, head: SirenHead) -> None:
         """Fail at load time, not at the first request, when ``head`` cannot read this backbone."""
         head.check_backbone(self.num_layers, self.hidden_size)
-        blocks = self.adapter.blocks(self.model)
         if head.config.pooling == "mlp_mean":
             for layer in head.config.layers:
-                self.adapter.mlp(blocks[layer])
+                self.adapter.mlp(self.blocks[layer])
 
     @property
     def input_device(self) -> torch.device:
@@ -80,7 +81,7 @@ class LoadedBackbone:
         input_ids, attention_mask = pad_batch(
             sequences, self.tokenizer.pad_token_id, self.tokenizer.padding_side, self.input_device
         )
-        blocks = self.adapter.blocks(self.model)
+        blocks = self.blocks
         last = self.num_layers - 1
         pooled: PooledStates = {}
 

@@ -50,7 +50,7 @@ def test_residual_layers_are_hidden_states_plus_one(tiny_models, adapter_class, 
 def test_mlp_mean_pools_each_blocks_mlp_output(tiny_models, adapter_class, architecture):
     backbone = load(adapter_class, tiny_models[architecture])
     sequences = encode(backbone)
-    blocks = backbone.adapter.blocks(backbone.model)
+    blocks = backbone.blocks
     captured = {}
     handles = [
         backbone.adapter.mlp(block).register_forward_hook(lambda _m, _a, out, i=i: captured.__setitem__(i, out))
@@ -80,7 +80,7 @@ def test_early_exit_is_exact_and_skips_deeper_blocks(tiny_models, pooling):
     ran = []
     handles = [
         block.register_forward_pre_hook(lambda _m, _a, i=i: ran.append(i))
-        for i, block in enumerate(backbone.adapter.blocks(backbone.model))
+        for i, block in enumerate(backbone.blocks)
     ]
     early = backbone.pooled_states(sequences, wanted, early_exit=True)
     blocks_run_early = sorted(set(ran))
