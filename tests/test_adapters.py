@@ -7,6 +7,7 @@ from siren_ensemble import ArtifactError, ConfigError
 from siren_ensemble.backbones import BackboneSpec, HFAdapter, Llama3Adapter, Qwen3Adapter
 from siren_ensemble.encoding import pad_batch
 from siren_ensemble.extraction import LoadedBackbone, masked_mean
+from siren_ensemble.testing import random_head
 from siren_ensemble.text import clean_text
 
 from .conftest import DEPTH, HIDDEN, TEXTS
@@ -92,6 +93,10 @@ def test_early_exit_is_exact_and_skips_deeper_blocks(tiny_models, pooling):
     assert sorted(set(ran)) == list(range(DEPTH))
     for key in wanted:
         torch.testing.assert_close(early[key], full[key], rtol=0, atol=0)
+    head = random_head("unused", layers=[0, 1], hidden_size=HIDDEN, pooling=pooling)
+    scores_early = head({layer: early[(pooling, layer)] for layer in (0, 1)})
+    scores_full = head({layer: full[(pooling, layer)] for layer in (0, 1)})
+    assert torch.equal(scores_early, scores_full) and scores_early.unique().numel() > 1
 
 
 def test_padding_does_not_change_a_texts_pooled_state(tiny_models):
