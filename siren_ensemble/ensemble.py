@@ -51,6 +51,8 @@ class _SharedPass:
     backbone: LoadedBackbone
     max_length: int
     member_positions: tuple[int, ...]
+    #: Every (pooling, layer) the members' heads read: what each forward pass must pool.
+    wanted: frozenset[tuple[str, int]]
 
 
 @dataclass
@@ -153,7 +155,7 @@ class Ensemble:
     def _run_pass(self, shared: _SharedPass, batch: list[int], sequences, scores: np.ndarray, errors) -> None:
         members = [self.plans[position] for position in shared.member_positions]
         try:
-            pooled = shared.backbone.pooled_states(sequences, union_of(plan.head.request for plan in members))
+            pooled = shared.backbone.pooled_states(sequences, shared.wanted)
         except Exception as error:  # fail closed on anything the forward pass raises
             for plan in members:
                 _record_failure(errors, batch, plan.name, f"forward pass failed: {type(error).__name__}: {error}")
@@ -202,7 +204,10 @@ def _group_passes(plans: list[MemberPlan], backbones: dict[BackboneSpec, LoadedB
     groups: dict[tuple[BackboneSpec, int], list[int]] = {}
     for position, plan in enumerate(plans):
         groups.setdefault((plan.spec, plan.head.max_length), []).append(position)
-    return [_SharedPass(backbones[spec], max_length, tuple(positions)) for (spec, max_length), positions in groups.items()]
+    return [
+        _SharedPass(backbones[spec], max_length, tuple(positions), frozenset(union_of(plans[p].head.request for p in positions)))
+        for (spec, max_length), positions in groups.items()
+    ]
 
 
 def _record_failure(errors: list[dict[str, str]], batch: list[int], member: str, message: str) -> None:

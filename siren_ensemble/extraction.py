@@ -10,7 +10,7 @@ whose entry in ``hidden_states`` carries the final norm: that one is read from t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Collection, Iterable
 
 import torch
 from torch import nn
@@ -46,6 +46,7 @@ class LoadedBackbone:
     num_layers: int
     hidden_size: int
     blocks: nn.ModuleList
+    forward_kwargs: dict
 
     @classmethod
     def load(cls, adapter: BackboneAdapter) -> "LoadedBackbone":
@@ -59,6 +60,7 @@ class LoadedBackbone:
             num_layers=adapter.num_layers(model.config),
             hidden_size=adapter.hidden_size(model.config),
             blocks=adapter.blocks(model),
+            forward_kwargs=adapter.forward_kwargs(model),
         )
 
     def check_readable(self, head: SirenHead) -> None:
@@ -76,7 +78,7 @@ class LoadedBackbone:
         return encode_texts(self.tokenizer, texts, max_length)
 
     @torch.inference_mode()
-    def pooled_states(self, sequences: list[list[int]], wanted: set[tuple[str, int]], early_exit: bool = True) -> PooledStates:
+    def pooled_states(self, sequences: list[list[int]], wanted: Collection[tuple[str, int]], early_exit: bool = True) -> PooledStates:
         """Mean-pooled states for each ``(pooling, layer)`` in ``wanted``, in float32, one row per sequence."""
         input_ids, attention_mask = pad_batch(
             sequences, self.tokenizer.pad_token_id, self.tokenizer.padding_side, self.input_device
@@ -104,7 +106,7 @@ class LoadedBackbone:
         try:
             output = self.model(
                 input_ids=input_ids, attention_mask=attention_mask, return_dict=True,
-                **self.adapter.forward_kwargs(self.model),
+                **self.forward_kwargs,
             )
             if needs_final_state:
                 pooled[("residual_mean", last)] = masked_mean(output.last_hidden_state, attention_mask)
