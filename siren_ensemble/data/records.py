@@ -1,0 +1,98 @@
+"""The common record every loader produces, and the JSONL files and split directories that hold them.
+
+A split directory holds ``train.jsonl``, ``validation.jsonl``, ``test.jsonl`` and ``manifest.json``.
+Label 1 is harmful, 0 benign. A prompt-level record carries ``text``; a response-level record carries
+``prompt`` and ``response`` and is judged on the response.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Literal
+
+from ..errors import InputError
+from ..text import join_prompt_response
+
+SPLITS = ("train", "validation", "test")
+Level = Literal["prompt", "response"]
+
+
+@dataclass(frozen=True)
+class SafetyRecord:
+    label: int
+    source: str
+    level: Level = "prompt"
+    text: str | None = None
+    prompt: str | None = None
+    response: str | None = None
+    group: str | None = None
+
+    @property
+    def scored_text(self) -> str:
+        """What a head reads: the text, or prompt and response joined as the runtime joins them."""
+        if self.level == "response":
+            return join_prompt_response(self.prompt, self.response)
+        return self.text or ""
+
+    def to_json(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+def write_records(path: str | Path, records: Iterable[SafetyRecord]) -> int:
+    count = 0
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def read_records(path: str | Path) -> list[SafetyRecord]:
+    """Read one JSONL file of records; every problem names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: data file not found")
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                records.append(_parse(line, f"{path}: line {number}"))
+    if not records:
+        raise InputError(f"{path}: no records")
+    return records
+
+
+def read_dataset(path: str | Path, split: str = "test") -> list[SafetyRecord]:
+    """Records from a split directory's ``split`` file, or from ``path`` itself when it is a JSONL file."""
+    path = Path(path)
+    if path.is_dir():
+        if split not in SPLITS:
+            raise InputError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        return read_records(path / f"{split}.jsonl")
+    return read_records(path)
+
+
+def _parse(line: str, where: str) -> SafetyRecord:
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(item, dict):
+        raise InputError(f"{where}: expected a JSON object")
+    label = item.get("label")
+    if isinstance(label, bool) or label not in (0, 1):
+        raise InputError(f"{where}: `label` must be 0 (benign) or 1 (harmful), got {label!r}")
+    has_text = isinstance(item.get("text"), str)
+    has_pair = isinstance(item.get("prompt"), str) or isinstance(item.get("response"), str)
+    if has_text == has_pair:
+        raise InputError(f"{where}: needs a string `text`, or `prompt`/`response`")
+    level = item.get("level", "response" if has_pair else "prompt")
+    if level not in ("prompt", "response"):
+        raise InputError(f"{where}: `level` must be prompt or response, got {level!r}")
+    return SafetyRecord(
+        label=int(label), source=str(item.get("source", "unknown")), level=level,
+        text=item.get("text"), prompt=item.get("prompt"), response=item.get("response"),
+        group=item.get("group"),
+    )
