@@ -51,6 +51,21 @@ def plan_members(config: EnsembleConfig) -> list[MemberPlan]:
     return plans
 
 
+def adapter_for(backbone: str, model: str | None, gguf_file: str | None = None, revision: str | None = None,
+                dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False) -> BackboneAdapter:
+    """An adapter from command-line style arguments (``train``), checked like a config member."""
+    from .config import MemberConfig
+
+    fields = {"name": "train", "backbone": backbone, "head": ".", "model": model, "gguf_file": gguf_file,
+              "revision": revision, "dtype": dtype, "device": device, "trust_remote_code": trust_remote_code}
+    config = EnsembleConfig.from_dict({"members": [{k: v for k, v in fields.items() if v is not None}]}, source="arguments")
+    member = config.members[0]
+    if member.model is None and member.gguf_file is None:
+        raise ConfigError("--model: required (a hub id, a local directory), or --gguf-file alone for a GGUF file")
+    registration = plugins.backbones().get(member.backbone)
+    return registration.cls(_backbone_spec(member, None, config.base_dir, registration.name, "arguments"))
+
+
 def check_heads_against_backbones(plans: list[MemberPlan]) -> None:
     """Read each distinct backbone's config (no weights) and check every head can read it."""
     depth_and_width: dict[BackboneSpec, tuple[int, int]] = {}
@@ -81,13 +96,13 @@ def _head_directory(member: MemberConfig, base_dir: Path) -> Path:
         ) from None
 
 
-def _backbone_spec(member: MemberConfig, head: SirenHead, base_dir: Path, adapter_name: str, where: str) -> BackboneSpec:
+def _backbone_spec(member: MemberConfig, head: SirenHead | None, base_dir: Path, adapter_name: str, where: str) -> BackboneSpec:
     model, revision, gguf_file = member.model, member.revision, member.gguf_file
     if model is None and gguf_file is not None:
         # A bare GGUF path: its directory is the model, its name the file inside it.
         gguf_path = resolve_path(gguf_file, base_dir)
         model, gguf_file = str(gguf_path.parent), gguf_path.name
-    elif model is None:
+    elif model is None and head is not None:
         model = head.config.base_model.model_id
         revision = revision or head.config.base_model.revision
     if is_local(model, base_dir):

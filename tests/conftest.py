@@ -46,3 +46,26 @@ def write_config(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    from siren_ensemble.testing import write_synthetic_split
+
+    return write_synthetic_split(tmp_path_factory.mktemp("synthetic") / "split")
+
+
+@pytest.fixture(scope="session")
+def trained_heads(tiny_models, synthetic_data, tmp_path_factory) -> dict:
+    """One head trained on the synthetic split for the tiny Llama and one for the tiny Qwen3 (few trials)."""
+    from siren_ensemble.members import adapter_for
+    from siren_ensemble.training.feature_cache import FeatureExtractor
+    from siren_ensemble.training.pipeline import TrainOptions, train_head
+
+    root = tmp_path_factory.mktemp("trained")
+    heads = {"cache": root / "cache"}
+    for architecture, backbone in (("llama", "llama3"), ("qwen3", "qwen3")):
+        extractor = FeatureExtractor(adapter_for(backbone, str(tiny_models[architecture])), max_length=64, cache_dir=heads["cache"])
+        train_head(extractor, synthetic_data, root / architecture, TrainOptions(trials=3, folds=2))
+        heads[architecture] = root / architecture
+    return heads

@@ -1,0 +1,17 @@
+"""Where siren-ensemble keeps things it can rebuild: extracted features (and, later, converted weights)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_ENV = "SIREN_ENSEMBLE_CACHE"
+
+
+def cache_root() -> Path:
+    """``$SIREN_ENSEMBLE_CACHE``, else ``$XDG_CACHE_HOME/siren-ensemble``, else ``~/.cache/siren-ensemble``."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "siren-ensemble"

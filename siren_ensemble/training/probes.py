@@ -1,0 +1,74 @@
+"""Stage 1: one L1-regularised linear probe per layer; its weights pick the layer's safety neurons.
+
+Features are standardised before the probe so that |weight| compares neurons on one scale. C runs
+over a grid from strong to weak regularisation and stops early once validation F1 has not improved
+for ``patience`` steps; the best C (the sparser one on ties) is kept.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.preprocessing import StandardScaler
+from tqdm.auto import tqdm
+
+from ..features import layer_alphas, select_neurons
+
+DEFAULT_C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+@dataclass(frozen=True)
+class LayerProbe:
+    layer: int
+    C: float
+    validation_f1: float
+    nonzero_weights: int
+    neurons: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "C": self.C, "validation_f1": round(self.validation_f1, 6),
+                "nonzero_weights": self.nonzero_weights, "neurons": len(self.neurons)}
+
+
+def fit_probe(train_x: np.ndarray, train_y: np.ndarray, C: float, seed: int = 0) -> tuple[StandardScaler, LogisticRegression]:
+    scaler = StandardScaler().fit(train_x)
+    probe = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=C, class_weight="balanced", max_iter=500, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        probe.fit(scaler.transform(train_x), train_y)
+    return scaler, probe
+
+
+def fit_layer_probe(layer: int, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+                    eta: float, c_grid: Sequence[float] = DEFAULT_C_GRID, patience: int = 2, seed: int = 0) -> LayerProbe:
+    best: tuple[float, float, np.ndarray] | None = None
+    since_best = 0
+    for C in sorted(c_grid):
+        scaler, probe = fit_probe(train_x, train_y, C, seed)
+        f1 = float(f1_score(val_y, probe.predict(scaler.transform(val_x)), zero_division=0.0))
+        if best is None or f1 > best[1] + 1e-9:
+            best, since_best = (C, f1, probe.coef_.ravel().copy()), 0
+        elif best[1] > 0.0:  # all-zero probes at the strongest penalties do not count towards patience
+            since_best += 1
+            if since_best >= patience:
+                break
+    C, f1, weights = best
+    return LayerProbe(layer, C, f1, int(np.count_nonzero(weights)), tuple(select_neurons(weights, eta)))
+
+
+def fit_layer_probes(train: Mapping[int, np.ndarray], train_y: np.ndarray, validation: Mapping[int, np.ndarray], val_y: np.ndarray,
+                     layers: Sequence[int], eta: float, c_grid: Sequence[float] = DEFAULT_C_GRID, seed: int = 0,
+                     progress: bool = False) -> tuple[list[LayerProbe], dict[int, float]]:
+    """Probes for ``layers`` and the layer weights alpha_l derived from their validation F1."""
+    probes = [
+        fit_layer_probe(layer, train[layer], train_y, validation[layer], val_y, eta, c_grid, seed=seed)
+        for layer in tqdm(layers, desc="layer probes", unit="layer", disable=not progress, leave=False)
+    ]
+    alphas = layer_alphas({probe.layer: probe.validation_f1 for probe in probes})
+    return probes, alphas
