@@ -71,6 +71,8 @@ class EnsembleConfig(_Strict):
     threshold: float | None = Field(None, ge=0, le=1)
     on_member_error: Literal["fail_closed", "fail_open", "raise"] = "fail_closed"
     batching: BatchingConfig = BatchingConfig()
+    #: A score calibration JSON (``siren-ensemble calibrate --method``), applied to the combined score.
+    calibration: str | None = None
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="config")
@@ -124,6 +126,11 @@ class EnsembleConfig(_Strict):
         if self.combiner.type not in combiner_registry:
             raise ConfigError(f"combiner.type: {combiner_registry.unknown_message(self.combiner.type)}")
         self.combiner_options()
+        if self.calibration is not None:
+            if self.combiner.type == "vote":
+                raise ConfigError("calibration: the vote combiner's score is a vote fraction; calibrate a score combiner")
+            if not resolve_path(self.calibration, self.base_dir).is_file():
+                raise ConfigError(f"calibration: {resolve_path(self.calibration, self.base_dir)} does not exist")
         if self.combiner.type == "vote" and self.threshold is not None:
             raise ConfigError(
                 "threshold: the vote combiner decides by its rule (any, majority or k of n); "

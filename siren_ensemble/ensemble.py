@@ -16,8 +16,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .backbones.base import BackboneSpec
+from .calibration import Calibration
 from .combiners import Combiner
-from .config import EnsembleConfig, load_config
+from .config import EnsembleConfig, load_config, resolve_path
 from .encoding import plan_batches
 from .errors import InputError, MemberError, SirenError
 from .extraction import LoadedBackbone, union_of
@@ -72,6 +73,9 @@ class Ensemble:
         implied = self.combiner.default_threshold()
         self.threshold = config.threshold if config.threshold is not None else (
             implied if implied is not None else DEFAULT_THRESHOLD
+        )
+        self.calibration = (
+            Calibration.load(resolve_path(config.calibration, config.base_dir)) if config.calibration else None
         )
         self._passes = _group_passes(plans, backbones)
         self._lock = threading.Lock()
@@ -184,6 +188,8 @@ class Ensemble:
             raise MemberError(f"member {name!r} failed on text {row}: {message}")
         filled = np.where(np.isnan(scores), 0.0, scores)  # fail_open: a failed member counts as benign
         combined = self.combiner.combine(filled)
+        if self.calibration is not None:
+            combined = self.calibration.apply(combined)
         results = []
         for row in range(len(scores)):
             members = {

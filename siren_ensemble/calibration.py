@@ -1,0 +1,73 @@
+"""Score calibration (Platt or isotonic), stored as JSON and applied to the ensemble score.
+
+A calibrated score reads as a probability of harm on data like the calibration set, so 0.5 means
+"as likely harmful as not". The mapping is monotone, so recall-based thresholds keep their order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+
+from .errors import ArtifactError
+
+Method = Literal["platt", "isotonic"]
+_EPSILON = 1e-6
+
+
+def _logit(scores: np.ndarray) -> np.ndarray:
+    clipped = np.clip(np.asarray(scores, dtype=np.float64), _EPSILON, 1 - _EPSILON)
+    return np.log(clipped / (1 - clipped))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    method: Method
+    parameters: dict
+
+    def apply(self, scores: np.ndarray) -> np.ndarray:
+        scores = np.asarray(scores, dtype=np.float64)
+        if self.method == "platt":
+            z = self.parameters["slope"] * _logit(scores) + self.parameters["intercept"]
+            return 1.0 / (1.0 + np.exp(-z))
+        return np.interp(scores, self.parameters["x"], self.parameters["y"])
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps({"method": self.method, **self.parameters}, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Calibration":
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ArtifactError(f"{path}: calibration file not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ArtifactError(f"{path}: not valid JSON ({error})") from None
+        method = raw.pop("method", None) if isinstance(raw, dict) else None
+        needed = {"platt": ("slope", "intercept"), "isotonic": ("x", "y")}.get(method)
+        if needed is None:
+            raise ArtifactError(f"{path}: method: expected 'platt' or 'isotonic', got {method!r}")
+        missing = [key for key in needed if key not in raw]
+        if missing:
+            raise ArtifactError(f"{path}: {missing[0]}: missing for method {method!r}")
+        if method == "isotonic" and (len(raw["x"]) != len(raw["y"]) or len(raw["x"]) < 2):
+            raise ArtifactError(f"{path}: x, y: need two or more points of equal count")
+        return cls(method, raw)
+
+
+def fit_calibration(scores: np.ndarray, labels: np.ndarray, method: Method) -> Calibration:
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=int)
+    if method == "platt":
+        model = LogisticRegression(C=1e6, max_iter=1000).fit(_logit(scores).reshape(-1, 1), labels)
+        return Calibration("platt", {"slope": float(model.coef_[0, 0]), "intercept": float(model.intercept_[0])})
+    isotonic = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scores, labels)
+    return Calibration("isotonic", {"x": isotonic.X_thresholds_.tolist(), "y": isotonic.y_thresholds_.tolist()})

@@ -1,0 +1,84 @@
+"""``siren-ensemble calibrate``: the threshold that reaches a target recall on validation data.
+
+Optionally the ensemble score is first recalibrated (Platt or isotonic, fitted on the same
+validation data), and the threshold is chosen on the calibrated score. With ``per_source``, the
+threshold is the lowest of the per-source thresholds, so every source with harmful records reaches
+the target; the report names the source that needed it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..config import load_config
+from ..data.records import read_dataset
+from ..errors import ConfigError, InputError
+from ..members import validate_plan
+from ..calibration import Method, fit_calibration
+from .metrics import binary_metrics, threshold_for_recall
+from .scoring import FeatureScorer
+
+
+def calibrate(config_path: str | Path, data: str | Path, target_recall: float, per_source: bool = False,
+              method: Method | None = None, calibration_out: str | Path | None = None,
+              cache_dir: str | Path | None = None, progress: bool = False) -> dict:
+    if not 0.0 < target_recall <= 1.0:
+        raise InputError(f"--target-recall: must be in (0, 1], got {target_recall}")
+    config = load_config(config_path)
+    if config.combiner.type == "vote":
+        raise ConfigError(f"{config_path}: combiner.type: vote decides by its rule, not a threshold; "
+                          "calibrate a score combiner (mean, weighted_mean, max, stacking)")
+    plans, combiner = validate_plan(config)
+    records = read_dataset(data, "validation")
+    labels = np.array([record.label for record in records], dtype=int)
+    if labels.sum() == 0:
+        raise InputError(f"{data}: the validation data has no harmful records to set a recall threshold on")
+    scores = combiner.combine(FeatureScorer(config, plans, cache_dir, progress).member_scores(records, "validation features"))
+
+    calibration = None
+    if method is not None:
+        if calibration_out is None:
+            raise InputError("--method needs --calibration-out, where the fitted mapping is written")
+        calibration = fit_calibration(scores, labels, method)
+        calibration.save(calibration_out)
+        scores = calibration.apply(scores)
+
+    sources = np.array([record.source for record in records])
+    per_source_threshold = {
+        source: threshold_for_recall(labels[sources == source], scores[sources == source], target_recall)
+        for source in sorted(set(sources.tolist())) if labels[sources == source].sum() > 0
+    }
+    threshold = threshold_for_recall(labels, scores, target_recall)
+    if per_source:
+        threshold = min([threshold, *per_source_threshold.values()])
+    by_source = {source: binary_metrics(labels[sources == source], scores[sources == source], threshold).to_dict()
+                 for source in sorted(set(sources.tolist()))}
+    harmful_sources = {source: m["recall"] for source, m in by_source.items() if m["recall"] is not None}
+    benign_sources = {source: m["fpr"] for source, m in by_source.items() if m["fpr"] is not None}
+    return {
+        "config": str(config_path), "data": str(data), "target_recall": target_recall, "per_source": per_source,
+        "calibration": None if calibration is None else {"method": method, "path": str(calibration_out)},
+        "threshold": threshold,
+        "validation": binary_metrics(labels, scores, threshold).to_dict(),
+        "worst_recall_source": min(harmful_sources.items(), key=lambda item: item[1]) if harmful_sources else None,
+        "worst_fpr_source": max(benign_sources.items(), key=lambda item: item[1]) if benign_sources else None,
+        "per_source_threshold": per_source_threshold,
+        "per_source_metrics": by_source,
+    }
+
+
+def write_calibrated_config(config_path: str | Path, out: str | Path, threshold: float, calibration_path: str | Path | None) -> Path:
+    """A copy of the config with ``threshold`` (and ``calibration``) set; paths stay relative to ``out``'s directory."""
+    config_path, out = Path(config_path), Path(out)
+    raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    if out.resolve().parent != config_path.resolve().parent:
+        raise InputError(f"--write-config: write it next to {config_path} so its relative paths stay valid")
+    raw["threshold"] = round(float(threshold), 6)
+    if calibration_path is not None:
+        raw["calibration"] = os.path.relpath(Path(calibration_path).resolve(), out.resolve().parent)
+    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out

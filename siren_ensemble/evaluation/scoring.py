@@ -1,0 +1,72 @@
+"""Member scores computed from cached per-layer features, so evaluation never runs a backbone twice.
+
+Features come from the same pooled forward pass the runtime uses (``FeatureExtractor``), and the
+head turns them into scores exactly as it does at runtime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..backbones.base import BackboneSpec
+from ..config import EnsembleConfig
+from ..data.records import SafetyRecord
+from ..extraction import LoadedBackbone
+from ..members import MemberPlan
+from ..training.feature_cache import FeatureExtractor, LayerFeatures
+
+
+class FeatureScorer:
+    def __init__(self, config: EnsembleConfig, plans: list[MemberPlan], cache_dir: str | Path | None = None,
+                 progress: bool = False):
+        self.plans = plans
+        self.progress = progress
+        self._backbones: dict[BackboneSpec, LoadedBackbone] = {}
+        self._extractors: dict[tuple, FeatureExtractor] = {}
+        for plan in plans:
+            key = self.extractor_key(plan)
+            if key not in self._extractors:
+                self._extractors[key] = _SharedBackboneExtractor(
+                    self._backbones, plan.adapter, max_length=plan.head.max_length, pooling=plan.head.config.pooling,
+                    max_tokens=config.batching.max_tokens, max_texts=config.batching.max_texts, cache_dir=cache_dir,
+                )
+
+    @staticmethod
+    def extractor_key(plan: MemberPlan) -> tuple:
+        return (plan.spec, plan.head.max_length, plan.head.config.pooling)
+
+    def extractor(self, plan: MemberPlan) -> FeatureExtractor:
+        return self._extractors[self.extractor_key(plan)]
+
+    def layer_features(self, plan: MemberPlan, records: Sequence[SafetyRecord], description: str = "features") -> LayerFeatures:
+        texts = [record.scored_text for record in records]
+        return self.extractor(plan).features(texts, self.progress, description=f"{plan.name} {description}")
+
+    def member_scores(self, records: Sequence[SafetyRecord], description: str = "features") -> np.ndarray:
+        """Scores, one column per member in config order."""
+        columns = []
+        for plan in self.plans:
+            features = self.layer_features(plan, records, description)
+            plan.head.to("cpu")
+            pooled = {layer: torch.as_tensor(features[layer]) for layer in plan.head.config.layers}
+            columns.append(plan.head(pooled).double().numpy())
+        return np.stack(columns, axis=1)
+
+
+class _SharedBackboneExtractor(FeatureExtractor):
+    """An extractor that loads its backbone into a dict shared with the other extractors of one scorer."""
+
+    def __init__(self, shared: dict, adapter, **kwargs):
+        super().__init__(adapter, **kwargs)
+        self._shared = shared
+
+    @property
+    def backbone(self) -> LoadedBackbone:
+        spec = self.adapter.spec
+        if spec not in self._shared:
+            self._shared[spec] = LoadedBackbone.load(self.adapter)
+        return self._shared[spec]

@@ -1,0 +1,60 @@
+"""Markdown tables of an evaluation report: overall, per source, leave-one-source-out."""
+
+from __future__ import annotations
+
+OVERALL_COLUMNS = (("f1", "F1"), ("macro_f1", "macro F1"), ("precision", "precision"), ("recall", "recall"),
+                   ("fpr", "FPR"), ("auroc", "AUROC"), ("auprc", "AUPRC"), ("tpr_at_1pct_fpr", "TPR@1%FPR"),
+                   ("tpr_at_5pct_fpr", "TPR@5%FPR"), ("threshold", "threshold"))
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def headline(metrics: dict) -> tuple[str, float | None]:
+    """The number that matters for a source: recall if it is all harmful, FPR if all benign, else F1."""
+    if metrics["benign"] == 0:
+        return "recall", metrics["recall"]
+    if metrics["harmful"] == 0:
+        return "FPR", metrics["fpr"]
+    return "F1", metrics["f1"]
+
+
+def overall_table(report: dict) -> str:
+    rows = [[name] + [_cell(result["overall"][key]) for key, _ in OVERALL_COLUMNS] for name, result in report["scorers"].items()]
+    return _table(["scorer"] + [label for _, label in OVERALL_COLUMNS], rows)
+
+
+def source_table(by_scorer: dict[str, dict[str, dict]]) -> str:
+    """Rows are sources, columns scorers; each cell is the source's headline metric."""
+    scorers = list(by_scorer)
+    sources = sorted({source for per_source in by_scorer.values() for source in per_source})
+    rows = []
+    for source in sources:
+        first = next(per_source[source] for per_source in by_scorer.values() if source in per_source)
+        metric, _ = headline(first)
+        cells = [_cell(headline(by_scorer[name][source])[1]) if source in by_scorer[name] else "-" for name in scorers]
+        rows.append([source, f"{first['harmful']}/{first['benign']}", metric] + cells)
+    return _table(["source", "harmful/benign", "metric"] + scorers, rows)
+
+
+def render(report: dict) -> str:
+    parts = [f"## Overall ({report.get('split') or 'data'})", overall_table(report), "",
+             f"## Per source ({report.get('split') or 'data'})",
+             source_table({name: result["per_source"] for name, result in report["scorers"].items()})]
+    loso = report.get("leave_one_source_out")
+    if loso:
+        by_scorer: dict[str, dict] = {}
+        for source, results in loso.items():
+            for name, metrics in results.items():
+                by_scorer.setdefault(name, {})[source] = metrics
+        parts += ["", "## Leave one source out (each source scored by members refitted without it)", source_table(by_scorer)]
+    return "\n".join(parts) + "\n"
