@@ -132,27 +132,125 @@ def validate(config_path):
 
 @cli.command(name="fit-stacker")
 @config_option
-@click.option("--data", "data_path", required=True, help="Labelled JSONL: `text` or `prompt`/`response`, and `label` (0/1).")
+@click.option("--data", "data_path", required=True, help="A split directory (its validation split is used) or a labelled JSONL file.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Where to write the parameters (.json or .safetensors).")
 def fit_stacker_command(config_path, data_path, out_path):
     """Fit the stacking combiner's logistic regression on labelled validation data (never test data)."""
     import numpy as np
 
+    from .data.records import read_dataset
     from .ensemble import Ensemble
-    from .inputs import read_inputs
     from .stacking import fit_stacker
 
-    records = read_inputs(data_path, require_label=True)
+    records = read_dataset(data_path, "validation")
     ensemble = Ensemble.from_config(config_path)
-    results = ensemble.score_batch([record.text for record in records], progress=sys.stderr.isatty())
-    failed = [record.line for record, result in zip(records, results) if result.errors]
+    results = ensemble.score_batch([record.scored_text for record in records], progress=sys.stderr.isatty())
+    failed = [index for index, result in enumerate(results) if result.errors]
     if failed:
-        raise SirenError(f"{data_path}: members failed on lines {failed[:5]}; cannot fit on incomplete scores")
+        raise SirenError(f"{data_path}: members failed on records {failed[:5]}; cannot fit on incomplete scores")
     scores = np.array([[result.members[name] for name in ensemble.member_names] for result in results])
     params = fit_stacker(scores, [record.label for record in records], ensemble.member_names)
     params.save(out_path)
     click.echo(json.dumps({"out": out_path, "members": list(params.members), "coefficients": list(params.coefficients),
                            "intercept": params.intercept, **params.fitted_on}))
+
+
+def _parse_layers(value: str | None) -> tuple[int, ...] | None:
+    """``--layers 4-20`` or ``--layers 3,5,7`` (or both, comma-separated)."""
+    if value is None or value == "all":
+        return None
+    layers: set[int] = set()
+    try:
+        for part in value.split(","):
+            low, _, high = part.strip().partition("-")
+            layers.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise SirenError(f"--layers: expected e.g. 4-20 or 3,5,7, got {value!r}") from None
+    return tuple(sorted(layers))
+
+
+@cli.command()
+@click.option("--backbone", required=True, help="Backbone adapter name (see `siren-ensemble plugins`).")
+@click.option("--model", help="Hub id or local directory of the backbone.")
+@click.option("--gguf-file", help="GGUF file: a name inside --model, or a path when --model is omitted.")
+@click.option("--revision", help="Pinned hub revision of the backbone.")
+@click.option("--data", "data_path", required=True, type=click.Path(file_okay=False), help="Split directory (`siren-ensemble data build`).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Head directory to write.")
+@click.option("--eta", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True, help="Share of |probe weight| the safety neurons cover.")
+@click.option("--trials", type=click.IntRange(1), default=32, show_default=True, help="Optuna trials for the MLP search.")
+@click.option("--folds", type=click.IntRange(2), default=3, show_default=True, help="Cross-validation folds of the MLP search.")
+@click.option("--layers", "layers_text", help="Layers to probe, e.g. 4-20 or 3,5,7 (default: all).")
+@click.option("--max-length", type=click.IntRange(1), default=512, show_default=True, help="Tokens read per text (longer texts are truncated).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache (default: $SIREN_ENSEMBLE_CACHE or ~/.cache/siren-ensemble).")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write the per-layer probe F1 plot here.")
+def train(backbone, model, gguf_file, revision, data_path, out_dir, eta, trials, folds, layers_text, max_length, device, dtype,
+          seed, cache_dir, plots_dir):
+    """Train a SIREN head (layer probes, safety neurons, MLP search) on a split directory."""
+    from pathlib import Path
+
+    from .members import adapter_for
+    from .training.feature_cache import FeatureExtractor
+    from .training.pipeline import SUMMARY_FILE, TrainOptions, train_head
+
+    adapter = adapter_for(backbone, model, gguf_file, revision, dtype, device)
+    extractor = FeatureExtractor(adapter, max_length=max_length, cache_dir=cache_dir)
+    options = TrainOptions(eta=eta, trials=trials, folds=folds, layers=_parse_layers(layers_text), seed=seed)
+    report = train_head(extractor, data_path, out_dir, options, progress=sys.stderr.isatty())
+    if plots_dir:
+        from .evaluation.plots import layer_f1
+
+        layer_f1({Path(out_dir).name: report}, Path(plots_dir) / "layer_f1.png")
+    click.echo((Path(out_dir) / SUMMARY_FILE).read_text().rstrip())
+
+
+@cli.command()
+@config_option
+@click.option("--data", "data_path", required=True, help="Split directory (scores --split; train/validation feed baselines and thresholds) or a labelled JSONL file.")
+@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the full report as JSON here.")
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), help="Choose every scorer's threshold on validation for this recall (default: configured thresholds).")
+@click.option("--no-baselines", is_flag=True, help="Skip the last-layer probe and TF-IDF baselines.")
+@click.option("--no-loso", is_flag=True, help="Skip the leave-one-source-out table.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write ROC, PR and per-layer F1 plots (PNG) here.")
+def evaluate(config_path, data_path, split, out_path, target_recall, no_baselines, no_loso, cache_dir, plots_dir):
+    """Metrics of every member, every combiner and the baselines, per source, plus leave-one-source-out."""
+    from pathlib import Path
+
+    from .evaluation.evaluate import EvaluateOptions, evaluate as run_evaluation
+    from .evaluation.tables import render
+
+    options = EvaluateOptions(split=split, target_recall=target_recall, baselines=not no_baselines, leave_one_source_out=not no_loso)
+    report = run_evaluation(config_path, data_path, options, cache_dir, progress=sys.stderr.isatty(), plots_dir=plots_dir)
+    if out_path:
+        Path(out_path).write_text(json.dumps(report, indent=2) + "\n")
+    click.echo(render(report).rstrip())
+
+
+@cli.command()
+@config_option
+@click.option("--data", "data_path", required=True, help="Split directory (its validation split is used) or a labelled JSONL file.")
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True)
+@click.option("--per-source", is_flag=True, help="Every source with harmful records must reach the target; the lowest threshold wins.")
+@click.option("--method", type=click.Choice(["platt", "isotonic"]), help="Recalibrate the ensemble score first (fitted on the same data).")
+@click.option("--calibration-out", type=click.Path(dir_okay=False), help="Where --method writes the calibration JSON.")
+@click.option("--write-config", type=click.Path(dir_okay=False), help="Write a copy of the config with this threshold (and calibration) set.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
+def calibrate(config_path, data_path, target_recall, per_source, method, calibration_out, write_config, cache_dir):
+    """Pick the threshold that reaches --target-recall on validation data and report the FPR it costs."""
+    from .evaluation.calibrate import calibrate as run_calibration, write_calibrated_config
+
+    report = run_calibration(config_path, data_path, target_recall, per_source, method, calibration_out, cache_dir,
+                             progress=sys.stderr.isatty())
+    if write_config:
+        write_calibrated_config(config_path, write_config, report["threshold"], calibration_out if method else None)
+        report["written_config"] = write_config
+    summary = {key: report[key] for key in ("threshold", "target_recall", "worst_recall_source", "worst_fpr_source", "calibration")}
+    summary.update({"recall": report["validation"]["recall"], "fpr": report["validation"]["fpr"]})
+    click.echo(json.dumps(summary | ({"written_config": write_config} if write_config else {})))
 
 
 def main() -> None:

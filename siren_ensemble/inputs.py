@@ -78,11 +78,11 @@ def _parse_jsonl_line(line: str, number: int, require_label: bool) -> InputRecor
         if key in item and not isinstance(item[key], str):
             raise InputError(f"`{key}` must be a string, got {type(item[key]).__name__}")
     text = item["text"] if has_text else join_prompt_response(item.get("prompt"), item.get("response"))
-    label = _parse_label(item.get("label")) if require_label else None
+    label = parse_label(item.get("label")) if require_label else None
     return InputRecord(text=text, line=number, id=item.get("id"), label=label)
 
 
-def _parse_label(value: Any) -> int:
+def parse_label(value: Any) -> int:
     if isinstance(value, bool):
         return int(value)
     if value in (0, 1):

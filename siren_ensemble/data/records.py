@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 from ..errors import InputError
+from ..inputs import parse_label
 from ..text import join_prompt_response
 
 SPLITS = ("train", "validation", "test")
@@ -81,9 +82,10 @@ def _parse(line: str, where: str) -> SafetyRecord:
         raise InputError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
     if not isinstance(item, dict):
         raise InputError(f"{where}: expected a JSON object")
-    label = item.get("label")
-    if isinstance(label, bool) or label not in (0, 1):
-        raise InputError(f"{where}: `label` must be 0 (benign) or 1 (harmful), got {label!r}")
+    try:
+        label = parse_label(item.get("label"))
+    except InputError as error:
+        raise InputError(f"{where}: {error}") from None
     has_text = isinstance(item.get("text"), str)
     has_pair = isinstance(item.get("prompt"), str) or isinstance(item.get("response"), str)
     if has_text == has_pair:
@@ -92,7 +94,7 @@ def _parse(line: str, where: str) -> SafetyRecord:
     if level not in ("prompt", "response"):
         raise InputError(f"{where}: `level` must be prompt or response, got {level!r}")
     return SafetyRecord(
-        label=int(label), source=str(item.get("source", "unknown")), level=level,
+        label=label, source=str(item.get("source", "unknown")), level=level,
         text=item.get("text"), prompt=item.get("prompt"), response=item.get("response"),
         group=item.get("group"),
     )
