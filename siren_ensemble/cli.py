@@ -155,5 +155,48 @@ def fit_stacker_command(config_path, data_path, out_path):
                            "intercept": params.intercept, **params.fitted_on}))
 
 
+@cli.group()
+def data():
+    """Build labelled safety data from offline PyPI-packaged sources."""
+
+
+@data.command(name="build")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Split directory to write.")
+@click.option("--seed", default=0, show_default=True, help="Seed for capping, splitting and refusal styles.")
+@click.option("--max-per-source", default=700, show_default=True, help="At most this many records per source.")
+@click.option("--max-chars", default=2000, show_default=True, help="Cut longer texts at a word boundary.")
+@click.option("--sources", "source_names", multiple=True,
+              help="Sources to build (repeat or comma-separate); default: the default sources (see `data sources`).")
+@click.option("--no-templated-refusals", is_flag=True, help="Do not pair harmful prompts with templated refusals.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of tables.")
+def data_build(out_dir, seed, max_per_source, max_chars, source_names, no_templated_refusals, as_json):
+    """Write train/validation/test JSONL and manifest.json to OUT (needs the data packages; see README)."""
+    from .data.build import BuildOptions, build_dataset, write_split_dir
+    from .data.manifest import format_tables
+
+    names = tuple(name.strip() for value in source_names for name in value.split(",") if name.strip())
+    options = BuildOptions(seed=seed, max_per_source=max_per_source, max_chars=max_chars, sources=names,
+                           templated_refusals=not no_templated_refusals)
+    manifest = write_split_dir(build_dataset(options), out_dir)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"{out_dir}: {manifest['records']} records")
+    click.echo(format_tables(manifest))
+
+
+@data.command(name="sources")
+def data_sources():
+    """List the data sources, their package, labels, and whether the package is installed."""
+    from .data.packages import package_root
+    from .data.sources import SOURCES
+
+    for entry in SOURCES.values():
+        flags = [flag for flag, on in (("default", entry.default), ("eval-only", entry.eval_only)) if on]
+        installed = "installed" if package_root(entry.package) else "NOT INSTALLED"
+        click.echo(f"{entry.name:<22} {entry.labels:<8} {entry.package:<20} {installed:<14} {','.join(flags):<18} "
+                   f"{entry.description}")
+
+
 def main() -> None:
     cli(prog_name="siren-ensemble")
