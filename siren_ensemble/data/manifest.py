@@ -30,7 +30,7 @@ def build_manifest(dataset: BuiltDataset, hashes: dict[str, str]) -> dict:
         "created_by": f"siren-ensemble {_own_version()}",
         "seed": options.seed,
         "options": {**asdict(options), "sources": [entry.name for entry in dataset.sources]},
-        "packages": {name: installed_version(name) for name in sorted({entry.package for entry in dataset.sources})},
+        "packages": {name: installed_version(name) for name in sorted({e.package for e in dataset.sources if e.package})},
         "records": len(records),
         "splits": {
             name: {
@@ -74,7 +74,7 @@ def _sources(dataset: BuiltDataset) -> dict:
         entry = registered.get(source_name)
         per_split = {name: _classes([r for r in dataset.splits[name] if r.source == source_name]) for name in SPLITS}
         summary[source_name] = {
-            "package": entry.package if entry else "(generated)",
+            "package": (entry.package if entry else None) or "(none)",
             "labels": entry.labels if entry else "benign",
             "eval_only": bool(entry and entry.eval_only),
             "records": sum(sum(classes.values()) for classes in per_split.values()),

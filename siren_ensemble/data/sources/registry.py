@@ -15,7 +15,7 @@ Loader = Callable[[], Iterable[SafetyRecord]]
 @dataclass(frozen=True)
 class Source:
     name: str
-    package: str  # the data package (a key of DATA_PACKAGES) whose files the loader reads
+    package: str | None  # the data package (a key of DATA_PACKAGES) whose files it reads; None: needs none
     loader: Loader
     labels: str  # what the source contributes, for the README and the CLI: "harmful", "benign", "both"
     description: str
@@ -32,7 +32,7 @@ class Source:
 SOURCES: dict[str, Source] = {}
 
 
-def source(name: str, package: str, labels: str, description: str, *, default: bool = True,
+def source(name: str, package: str | None, labels: str, description: str, *, default: bool = True,
            eval_only: bool = False) -> Callable[[Loader], Loader]:
     """Register ``loader`` as the source ``name``; its records must carry ``source=name``."""
 
