@@ -175,8 +175,26 @@ def test_build_drops_conflicts_counts_cleaning_and_adds_refusals(synthetic_sourc
     assert sum(refusals["splits"][n]["harmful"] for n in SPLITS) == 0
 
 
+def test_scenario_templates_wrap_both_classes_alike_and_keep_the_group(synthetic_sources):
+    dataset = build_dataset(options(synthetic_sources, max_per_source=40))
+    records = all_records(dataset)
+    wrapped = [r for r in records if r.source == "scenario_templates"]
+    by_request = {r.text: r for r in records if r.source in ("synth_harmful", "synth_benign") and r.level == "prompt"}
+    benign_requests = sum(r.label == 0 for r in by_request.values())
+    assert Counter(r.label for r in wrapped) == {1: 20, 0: min(20, benign_requests)}
+    templates_by_label = {0: set(), 1: set()}
+    for record in wrapped:
+        request, = [text for text in by_request if text in record.text]
+        assert by_request[request].label == record.label and by_request[request].group == record.group
+        assert len(record.text) > 400
+        templates_by_label[record.label].add(record.text.replace(request, "{request}"))
+    assert templates_by_label[0] & templates_by_label[1]  # one template set for both classes
+    assert not any("health question" in r.text for r in wrapped)  # eval-only sources are not wrapped
+
+
 def test_cap_per_source(synthetic_sources):
-    dataset = build_dataset(options(synthetic_sources, max_per_source=50, templated_refusals=False))
+    dataset = build_dataset(options(synthetic_sources, max_per_source=50, templated_refusals=False,
+                                    templated_scenarios=False))
     counts = Counter(record.source for record in all_records(dataset))
     assert counts == {"synth_harmful": 50, "synth_benign": 50, "synth_heldout": 41}
     assert dataset.stats.capped["synth_benign"] == 2 * 200 - 50  # its conflicting record was dropped before

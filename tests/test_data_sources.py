@@ -16,7 +16,7 @@ from siren_ensemble.data.sources.pyrit import harm_label
 
 # Lower bounds on what each loader yields from the pinned package versions (actual counts in the README).
 MIN_RECORDS = {
-    "donotanswer": 650, "harmbench": 195, "phrasing": 1400, "realtoxicityprompts": 20, "advbench": 500,
+    "donotanswer": 650, "harmbench": 195, "phrasing": 1400, "realtoxicityprompts": 20, "advbench": 500, "pyrit_airt": 30,
     "pyrit_many_shot": 390, "pyrit_harm_scores": 650, "pyrit_refusals": 100, "pyrit_objective": 350,
     "rho_refusal": 590, "rho_overrefusal": 150, "alpaca_eval": 1600, "arena_hard": 2200, "ifeval": 540,
     "ifbench": 290, "writingbench": 600, "healthbench": 900, "chitchat": 5000, "chatterbot": 2000,

@@ -14,8 +14,8 @@ from .manifest import build_manifest, write_manifest
 from .normalize import normalize_record, record_key
 from .packages import DATA_PACKAGES, package_root
 from .records import SPLITS, SafetyRecord, write_records
-from .refusals import SOURCE as REFUSAL_SOURCE
 from .refusals import templated_refusals
+from .scenarios import templated_scenarios
 from .sources import Source, select_sources
 from .splits import SplitFractions, assign_splits, connected_groups, unit_hash
 
@@ -27,6 +27,7 @@ class BuildOptions:
     max_chars: int = 2000  # longer texts are cut at a word boundary (counted in the manifest)
     sources: tuple[str, ...] = ()  # empty: the default sources
     templated_refusals: bool = True
+    templated_scenarios: bool = True
     fractions: SplitFractions = field(default_factory=SplitFractions)
 
     def __post_init__(self):
@@ -83,6 +84,11 @@ def build_dataset(options: BuildOptions) -> BuiltDataset:
         records += _refusals(records, options)
     grouped = connected_groups(records)
     eval_only = frozenset(entry.name for entry in sources if entry.eval_only)
+    if options.templated_scenarios:
+        # After grouping: a wrapped request inherits the component of the request it wraps.
+        wrappable = {entry.name for entry in sources if entry.requests and not entry.eval_only}
+        pools = [[r for r in grouped if r.source in wrappable and r.label == label] for label in (1, 0)]
+        grouped += templated_scenarios(*pools, per_class=options.max_per_source // 2, seed=options.seed)
     splits = assign_splits(grouped, options.seed, options.fractions, eval_only)
     for name in SPLITS:
         splits[name].sort(key=lambda record: unit_hash(options.seed, "order", record_key(record)))
@@ -131,5 +137,3 @@ def write_split_dir(dataset: BuiltDataset, out: str | Path) -> dict:
     write_manifest(out / "manifest.json", manifest)
     return manifest
 
-
-__all__ = ["BuildOptions", "BuiltDataset", "build_dataset", "write_split_dir", "REFUSAL_SOURCE"]

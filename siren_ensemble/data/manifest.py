@@ -50,6 +50,9 @@ def build_manifest(dataset: BuiltDataset, hashes: dict[str, str]) -> dict:
         },
         "sources": _sources(dataset),
         "surface_forms": surface_form_shares(records),
+        "surface_forms_by_level": {
+            level: surface_form_shares([r for r in records if r.level == level]) for level in ("prompt", "response")
+        },
         "cleaning": {
             "loaded": dict(sorted(stats.loaded.items())),
             "empty_dropped": dict(sorted((k, v) for k, v in stats.empty_dropped.items() if v)),
@@ -75,12 +78,17 @@ def _sources(dataset: BuiltDataset) -> dict:
         per_split = {name: _classes([r for r in dataset.splits[name] if r.source == source_name]) for name in SPLITS}
         summary[source_name] = {
             "package": (entry.package if entry else None) or "(none)",
-            "labels": entry.labels if entry else "benign",
+            "labels": entry.labels if entry else _labels_present(per_split),
             "eval_only": bool(entry and entry.eval_only),
             "records": sum(sum(classes.values()) for classes in per_split.values()),
             "splits": per_split,
         }
     return summary
+
+
+def _labels_present(per_split: dict) -> str:
+    present = {name for classes in per_split.values() for name, count in classes.items() if count}
+    return "both" if len(present) == 2 else next(iter(present), "none")
 
 
 def surface_form_shares(records) -> dict[str, dict]:
@@ -109,10 +117,14 @@ def format_tables(manifest: dict) -> str:
     totals = [f"{s['classes']['benign']}/{s['classes']['harmful']}" for s in manifest["splits"].values()]
     lines.append(f"{'total':<22} " + " ".join(f"{cell:>11}" for cell in totals))
     lines.append("")
-    forms = manifest["surface_forms"]
-    lines.append(f"{'surface form':<18} {'benign':>8} {'harmful':>8}")
-    for form in FORMS:
-        lines.append(f"{form:<18} {forms['benign'][form]:>8.1%} {forms['harmful'][form]:>8.1%}")
+    columns = [("all", manifest["surface_forms"]), *manifest["surface_forms_by_level"].items()]
+    lines.append(f"{'surface form':<18} " + " ".join(f"{name + ' b/h':>17}" for name, _ in columns))
+    for form in ("records", *FORMS):
+        cells = []
+        for _, shares in columns:
+            benign, harmful = shares["benign"][form], shares["harmful"][form]
+            cells.append(f"{benign}/{harmful}" if form == "records" else f"{benign:.1%}/{harmful:.1%}")
+        lines.append(f"{form:<18} " + " ".join(f"{cell:>17}" for cell in cells))
     weights = ", ".join(f"{k} {v:.3f}" for k, v in manifest["class_weights"].items())
     lines.append(f"\nclass weights (train): {weights}")
     return "\n".join(lines)

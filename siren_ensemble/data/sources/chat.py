@@ -15,7 +15,7 @@ CHITCHAT_TURNS_PER_CONVERSATION = 2
 
 @source("chitchat", "chitchat-dataset", "benign",
         f"turns of open-domain chats (>= {CHITCHAT_MIN_CHARS} characters, "
-        f"{CHITCHAT_TURNS_PER_CONVERSATION} per conversation, one group per conversation)")
+        f"{CHITCHAT_TURNS_PER_CONVERSATION} per conversation, one group per conversation)", requests=False)
 def chitchat() -> Iterator[SafetyRecord]:
     conversations = read_json(data_file("chitchat-dataset", "dataset.json"))
     for conversation_id in sorted(conversations):

@@ -28,6 +28,21 @@ def advbench() -> Iterator[SafetyRecord]:
         yield SafetyRecord(label=1, source="advbench", text=seed["value"])
 
 
+# AI red-team seed objectives; fairness, leakage and licensed_therapist are not harmful requests.
+AIRT_HARMFUL_FILES = ("airt_imminent_crisis", "harassment", "harms", "hate", "illegal", "malware", "misinformation",
+                      "scams", "sexual", "violence")
+
+
+@source("pyrit_airt", PACKAGE, "harmful", "AI red-team seed objectives (seed_datasets/local/airt; harmful files only)")
+def airt() -> Iterator[SafetyRecord]:
+    for name in AIRT_HARMFUL_FILES:
+        document = read_yaml(data_file(PACKAGE, f"datasets/seed_datasets/local/airt/{name}.prompt"))
+        for seed in document["seeds"]:
+            # Turns of a scripted multi-turn attack (seed_type "prompt") are not harmful on their own.
+            if seed.get("seed_type", document.get("seed_type")) == "objective":
+                yield SafetyRecord(label=1, source="pyrit_airt", text=seed["value"])
+
+
 @source("pyrit_many_shot", PACKAGE, "both",
         "HarmBench behaviours with answers judged Harmful (label 1) or Not harmful (label 0); response level")
 def many_shot() -> Iterator[SafetyRecord]:

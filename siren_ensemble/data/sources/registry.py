@@ -21,6 +21,7 @@ class Source:
     description: str
     default: bool = True  # built unless --sources names others; off for noisy or ambiguous sources
     eval_only: bool = False  # never in train (e.g. a dataset whose canary asks not to train on it)
+    requests: bool = True  # its prompt-level texts are requests to an assistant (chat turns are not)
 
     def load(self) -> Iterator[SafetyRecord]:
         for record in self.loader():
@@ -33,13 +34,13 @@ SOURCES: dict[str, Source] = {}
 
 
 def source(name: str, package: str | None, labels: str, description: str, *, default: bool = True,
-           eval_only: bool = False) -> Callable[[Loader], Loader]:
+           eval_only: bool = False, requests: bool = True) -> Callable[[Loader], Loader]:
     """Register ``loader`` as the source ``name``; its records must carry ``source=name``."""
 
     def register(loader: Loader) -> Loader:
         if name in SOURCES:
             raise ValueError(f"data source {name!r} registered twice")
-        SOURCES[name] = Source(name, package, loader, labels, description, default, eval_only)
+        SOURCES[name] = Source(name, package, loader, labels, description, default, eval_only, requests)
         return loader
 
     return register
