@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from .data import defaults as data_defaults
 from .errors import SirenError
 
 EXIT_HARMFUL = 1
@@ -162,9 +163,11 @@ def data():
 
 @data.command(name="build")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Split directory to write.")
-@click.option("--seed", default=0, show_default=True, help="Seed for capping, splitting and refusal styles.")
-@click.option("--max-per-source", default=700, show_default=True, help="At most this many records per source.")
-@click.option("--max-chars", default=2000, show_default=True, help="Cut longer texts at a word boundary.")
+@click.option("--seed", default=data_defaults.SEED, show_default=True, help="Seed for capping, splitting and templates.")
+@click.option("--max-per-source", default=data_defaults.MAX_PER_SOURCE, show_default=True,
+              help="At most this many records per source.")
+@click.option("--max-chars", default=data_defaults.MAX_CHARS, show_default=True,
+              help="Cut longer texts at a word boundary.")
 @click.option("--sources", "source_names", multiple=True,
               help="Sources to build (repeat or comma-separate); default: the default sources (see `data sources`).")
 @click.option("--no-templated-refusals", is_flag=True, help="Do not pair harmful prompts with templated refusals.")

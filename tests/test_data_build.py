@@ -168,7 +168,7 @@ def test_build_drops_conflicts_counts_cleaning_and_adds_refusals(synthetic_sourc
     cleaning = manifest["cleaning"]
     assert cleaning["conflicting_label_texts"] == 1
     assert cleaning["conflicting_label_records_dropped"] == {"synth_benign": 1, "synth_harmful": 1}
-    assert cleaning["truncated_to_max_chars"] == {"synth_harmful": 1}
+    assert cleaning["truncated_to_max_chars_in_splits"] == {"synth_harmful": 1}
     refusals = manifest["sources"]["templated_refusals"]
     harmful_prompts = manifest["sources"]["synth_harmful"]["records"]
     assert refusals["records"] == harmful_prompts and refusals["labels"] == "benign"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError
+from . import defaults
 from .dedupe import DedupeReport, deduplicate
 from .manifest import build_manifest, write_manifest
 from .normalize import normalize_record, record_key
@@ -22,9 +23,9 @@ from .splits import SplitFractions, assign_splits, connected_groups, unit_hash
 
 @dataclass(frozen=True)
 class BuildOptions:
-    seed: int = 0
-    max_per_source: int = 700  # keeps the whole set near 10k records and no source above ~7%
-    max_chars: int = 2000  # longer texts are cut at a word boundary (counted in the manifest)
+    seed: int = defaults.SEED
+    max_per_source: int = defaults.MAX_PER_SOURCE
+    max_chars: int = defaults.MAX_CHARS  # longer texts are cut at a word boundary (counted in the manifest)
     sources: tuple[str, ...] = ()  # empty: the default sources
     templated_refusals: bool = True
     templated_scenarios: bool = True
@@ -41,7 +42,7 @@ class BuildOptions:
 class BuildStats:
     loaded: Counter = field(default_factory=Counter)
     empty_dropped: Counter = field(default_factory=Counter)
-    truncated: Counter = field(default_factory=Counter)
+    truncated: Counter = field(default_factory=Counter)  # records in the splits that were cut
     capped: Counter = field(default_factory=Counter)
     dedupe: DedupeReport = field(default_factory=DedupeReport)
 
@@ -68,16 +69,7 @@ def build_dataset(options: BuildOptions) -> BuiltDataset:
     sources = select_sources(options.sources)
     check_packages(sources)
     stats = BuildStats()
-    loaded = []
-    for entry in sources:
-        for record in entry.load():
-            stats.loaded[entry.name] += 1
-            record, cut = normalize_record(record, options.max_chars)
-            if not record.scored_text.strip() or (record.level == "response" and not record.response):
-                stats.empty_dropped[entry.name] += 1
-                continue
-            stats.truncated[entry.name] += cut
-            loaded.append(record)
+    loaded, cut_keys = _load(sources, options, stats)
     unique, stats.dedupe = deduplicate(loaded)
     records = cap_per_source(unique, options, stats.capped)
     if options.templated_refusals:
@@ -92,7 +84,24 @@ def build_dataset(options: BuildOptions) -> BuiltDataset:
     splits = assign_splits(grouped, options.seed, options.fractions, eval_only)
     for name in SPLITS:
         splits[name].sort(key=lambda record: unit_hash(options.seed, "order", record_key(record)))
+    stats.truncated.update(r.source for name in SPLITS for r in splits[name] if record_key(r) in cut_keys)
     return BuiltDataset(splits, sources, options, stats)
+
+
+def _load(sources: Sequence[Source], options: BuildOptions, stats: BuildStats) -> tuple[list[SafetyRecord], set[str]]:
+    """Every source's records, normalised and cut to ``max_chars``; also the keys of the cut ones."""
+    loaded, cut_keys = [], set()
+    for entry in sources:
+        for record in entry.load():
+            stats.loaded[entry.name] += 1
+            record, cut = normalize_record(record, options.max_chars)
+            if not record.scored_text.strip() or (record.level == "response" and not record.response):
+                stats.empty_dropped[entry.name] += 1
+                continue
+            if cut:
+                cut_keys.add(record_key(record))
+            loaded.append(record)
+    return loaded, cut_keys
 
 
 def cap_per_source(records: Sequence[SafetyRecord], options: BuildOptions, capped: Counter) -> list[SafetyRecord]:

@@ -56,7 +56,7 @@ def build_manifest(dataset: BuiltDataset, hashes: dict[str, str]) -> dict:
         "cleaning": {
             "loaded": dict(sorted(stats.loaded.items())),
             "empty_dropped": dict(sorted((k, v) for k, v in stats.empty_dropped.items() if v)),
-            "truncated_to_max_chars": dict(sorted((k, v) for k, v in stats.truncated.items() if v)),
+            "truncated_to_max_chars_in_splits": dict(sorted((k, v) for k, v in stats.truncated.items() if v)),
             "capped_at_max_per_source": dict(sorted((k, v) for k, v in stats.capped.items() if v)),
             **stats.dedupe.to_json(),
         },
