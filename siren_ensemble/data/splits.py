@@ -2,13 +2,15 @@
 
 Records that share a declared ``group`` or the same request (normalised prompt) form one component,
 and a whole component goes to one split, so no behaviour, pair or conversation straddles two
-splits. The split of a component depends only on the seed and the component's name (a hash), so it
-does not move when other sources are added or capped.
+splits. Components are stratified by their main source: each source's components are shuffled by a
+seeded hash of their name and dealt out so that every source is split close to the fractions, even
+a source made of a few large groups (~100 behaviours with ~14 rewordings each).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -65,21 +67,35 @@ def connected_groups(records: Sequence[SafetyRecord]) -> list[SafetyRecord]:
 def assign_splits(records: Sequence[SafetyRecord], seed: int, fractions: SplitFractions,
                   eval_only_sources: frozenset[str] = frozenset()) -> dict[str, list[SafetyRecord]]:
     """Records (with component groups) by split. A component holding an eval-only source never goes to
-    train: it is placed in validation or test in proportion to their fractions."""
-    eval_only_groups = {record.group for record in records if record.source in eval_only_sources}
-    held_out = fractions.validation + fractions.test
-    splits: dict[str, list[SafetyRecord]] = {name: [] for name in SPLITS}
+    train: it is dealt to validation or test in proportion to their fractions."""
+    components: dict[str, list[SafetyRecord]] = defaultdict(list)
     for record in records:
-        draw = unit_hash(seed, "split", record.group)
-        if record.group in eval_only_groups:
-            if held_out <= 0:
-                raise InputError("eval-only sources need a non-zero validation or test fraction")
-            name = "validation" if draw * held_out < fractions.validation else "test"
-        elif draw < fractions.train:
-            name = "train"
-        elif draw < fractions.train + fractions.validation:
-            name = "validation"
-        else:
-            name = "test"
-        splits[name].append(record)
+        components[record.group].append(record)
+    strata: dict[tuple[bool, str], list[str]] = defaultdict(list)
+    for group, members in components.items():
+        held_out = any(record.source in eval_only_sources for record in members)
+        main_source = min(Counter(r.source for r in members).most_common(), key=lambda item: (-item[1], item[0]))[0]
+        strata[(held_out, main_source)].append(group)
+    splits: dict[str, list[SafetyRecord]] = {name: [] for name in SPLITS}
+    for (held_out, _), groups in sorted(strata.items()):
+        bounds = _bounds(fractions, held_out)
+        groups.sort(key=lambda group: unit_hash(seed, "split", group))
+        total = sum(len(components[group]) for group in groups)
+        dealt = 0
+        for group in groups:
+            size = len(components[group])
+            position = (dealt + size / 2) / total  # where the component's middle falls in the stratum
+            name = next(name for name, bound in bounds if position < bound)
+            splits[name].extend(components[group])
+            dealt += size
     return splits
+
+
+def _bounds(fractions: SplitFractions, held_out: bool) -> list[tuple[str, float]]:
+    """Cumulative upper bounds per split; held-out strata share validation and test only."""
+    if held_out:
+        rest = fractions.validation + fractions.test
+        if rest <= 0:
+            raise InputError("eval-only sources need a non-zero validation or test fraction")
+        return [("validation", fractions.validation / rest), ("test", float("inf"))]
+    return [("train", fractions.train), ("validation", fractions.train + fractions.validation), ("test", float("inf"))]
