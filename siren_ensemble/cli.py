@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from .data import defaults as data_defaults
 from .errors import SirenError
 
 EXIT_HARMFUL = 1
@@ -251,6 +252,55 @@ def calibrate(config_path, data_path, target_recall, per_source, method, calibra
     summary = {key: report[key] for key in ("threshold", "target_recall", "worst_recall_source", "worst_fpr_source", "calibration")}
     summary.update({"recall": report["validation"]["recall"], "fpr": report["validation"]["fpr"]})
     click.echo(json.dumps(summary | ({"written_config": write_config} if write_config else {})))
+
+
+@cli.group()
+def data():
+    """Build labelled safety data from offline PyPI-packaged sources."""
+
+
+@data.command(name="build")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Split directory to write.")
+@click.option("--seed", default=data_defaults.SEED, show_default=True, help="Seed for capping, splitting and templates.")
+@click.option("--max-per-source", default=data_defaults.MAX_PER_SOURCE, show_default=True,
+              help="At most this many records per source.")
+@click.option("--max-chars", default=data_defaults.MAX_CHARS, show_default=True,
+              help="Cut longer texts at a word boundary.")
+@click.option("--sources", "source_names", multiple=True,
+              help="Sources to build (repeat or comma-separate); default: the default sources (see `data sources`).")
+@click.option("--no-templated-refusals", is_flag=True, help="Do not pair harmful prompts with templated refusals.")
+@click.option("--no-templated-scenarios", is_flag=True,
+              help="Do not wrap requests of both classes in the long first-person scenario templates.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of tables.")
+def data_build(out_dir, seed, max_per_source, max_chars, source_names, no_templated_refusals, no_templated_scenarios,
+               as_json):
+    """Write train/validation/test JSONL and manifest.json to OUT (needs the data packages; see README)."""
+    from .data.build import BuildOptions, build_dataset, write_split_dir
+    from .data.manifest import format_tables
+
+    names = tuple(name.strip() for value in source_names for name in value.split(",") if name.strip())
+    options = BuildOptions(seed=seed, max_per_source=max_per_source, max_chars=max_chars, sources=names,
+                           templated_refusals=not no_templated_refusals,
+                           templated_scenarios=not no_templated_scenarios)
+    manifest = write_split_dir(build_dataset(options), out_dir)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"{out_dir}: {manifest['records']} records")
+    click.echo(format_tables(manifest))
+
+
+@data.command(name="sources")
+def data_sources():
+    """List the data sources, their package, labels, and whether the package is installed."""
+    from .data.packages import package_root
+    from .data.sources import SOURCES
+
+    for entry in SOURCES.values():
+        flags = [flag for flag, on in (("default", entry.default), ("eval-only", entry.eval_only)) if on]
+        installed = "installed" if not entry.package or package_root(entry.package) else "NOT INSTALLED"
+        click.echo(f"{entry.name:<22} {entry.labels:<8} {entry.package or '-':<20} {installed:<14} {','.join(flags):<18} "
+                   f"{entry.description}")
 
 
 def main() -> None:
