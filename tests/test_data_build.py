@@ -126,6 +126,14 @@ def test_assign_splits_is_group_aware_and_roughly_proportional():
     assert splits != assign_splits(records, seed=4, fractions=SplitFractions())
 
 
+def test_a_source_of_few_large_groups_reaches_every_split():
+    records = connected_groups([SafetyRecord(label=1, source="few", text=f"rewording {i}", group=f"behaviour{i // 20}")
+                                for i in range(200)])
+    for seed in range(5):
+        splits = assign_splits(records, seed=seed, fractions=SplitFractions())
+        assert [len(splits[name]) for name in SPLITS] == [140, 20, 40]
+
+
 def test_split_fractions_must_sum_to_one():
     with pytest.raises(InputError, match="sum to 1"):
         SplitFractions(0.5, 0.2, 0.2)
