@@ -106,10 +106,13 @@ def test_connected_groups_link_shared_groups_and_requests():
         SafetyRecord(label=1, source="a", text="Q one reworded", group="g1"),
         SafetyRecord(label=0, source="b", level="response", prompt="q ONE reworded", response="No."),
         SafetyRecord(label=0, source="b", text="Unrelated"),
+        SafetyRecord(label=0, source="b", level="response", prompt="?", response="One"),
+        SafetyRecord(label=0, source="b", level="response", prompt="!", response="Two"),  # no words: no link
     ]
     grouped = connected_groups(records)
     assert grouped[0].group == grouped[1].group == grouped[2].group
     assert grouped[3].group != grouped[0].group
+    assert grouped[4].group != grouped[5].group
 
 
 def test_assign_splits_is_group_aware_and_roughly_proportional():
