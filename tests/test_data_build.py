@@ -106,10 +106,13 @@ def test_connected_groups_link_shared_groups_and_requests():
         SafetyRecord(label=1, source="a", text="Q one reworded", group="g1"),
         SafetyRecord(label=0, source="b", level="response", prompt="q ONE reworded", response="No."),
         SafetyRecord(label=0, source="b", text="Unrelated"),
+        SafetyRecord(label=0, source="b", level="response", prompt="?", response="One"),
+        SafetyRecord(label=0, source="b", level="response", prompt="!", response="Two"),  # no words: no link
     ]
     grouped = connected_groups(records)
     assert grouped[0].group == grouped[1].group == grouped[2].group
     assert grouped[3].group != grouped[0].group
+    assert grouped[4].group != grouped[5].group
 
 
 def test_assign_splits_is_group_aware_and_roughly_proportional():
@@ -124,6 +127,14 @@ def test_assign_splits_is_group_aware_and_roughly_proportional():
     assert shares["train"] == pytest.approx(0.70, abs=0.04)
     assert shares["validation"] == pytest.approx(0.15, abs=0.03)
     assert splits != assign_splits(records, seed=4, fractions=SplitFractions())
+
+
+def test_a_source_of_few_large_groups_reaches_every_split():
+    records = connected_groups([SafetyRecord(label=1, source="few", text=f"rewording {i}", group=f"behaviour{i // 20}")
+                                for i in range(200)])
+    for seed in range(5):
+        splits = assign_splits(records, seed=seed, fractions=SplitFractions())
+        assert [len(splits[name]) for name in SPLITS] == [140, 20, 40]
 
 
 def test_split_fractions_must_sum_to_one():

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 from ..errors import InputError
-from .normalize import prompt_key
+from .normalize import prompt_key, record_key
 from .records import SPLITS, SafetyRecord
 
 
@@ -49,7 +49,8 @@ def connected_groups(records: Sequence[SafetyRecord]) -> list[SafetyRecord]:
 
     first_with: dict[str, int] = {}
     for index, record in enumerate(records):
-        for link in (f"group:{record.group}" if record.group else None, f"request:{prompt_key(record)}"):
+        request = prompt_key(record)
+        for link in (f"group:{record.group}" if record.group else None, f"request:{request}" if request else None):
             if link is None:
                 continue
             if link in first_with:
@@ -59,7 +60,7 @@ def connected_groups(records: Sequence[SafetyRecord]) -> list[SafetyRecord]:
     names: dict[int, str] = {}
     for index, record in enumerate(records):
         root = find(index)
-        name = record.group or f"{record.source}:{prompt_key(record)}"
+        name = record.group or f"{record.source}:{record_key(record)}"
         names[root] = min(names.get(root, name), name)
     return [replace(record, group=names[find(index)]) for index, record in enumerate(records)]
 
