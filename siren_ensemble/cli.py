@@ -156,6 +156,14 @@ def fit_stacker_command(config_path, data_path, out_path):
                            "intercept": params.intercept, **params.fitted_on}))
 
 
+def _log_progress_to_stderr() -> None:
+    """Stage messages of long jobs (train, evaluate) on stderr, where progress bars are absent (not a terminal)."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("siren_ensemble").setLevel(logging.INFO)
+
+
 def _parse_layers(value: str | None) -> tuple[int, ...] | None:
     """``--layers 4-20`` or ``--layers 3,5,7`` (or both, comma-separated)."""
     if value is None or value == "all":
@@ -196,6 +204,8 @@ def train(backbone, model, gguf_file, revision, data_path, out_dir, eta, trials,
     from .training.feature_cache import FeatureExtractor
     from .training.pipeline import SUMMARY_FILE, TrainOptions, train_head
 
+    _log_progress_to_stderr()
+
     adapter = adapter_for(backbone, model, gguf_file, revision, dtype, device)
     extractor = FeatureExtractor(adapter, max_length=max_length, cache_dir=cache_dir)
     options = TrainOptions(eta=eta, trials=trials, folds=folds, layers=_parse_layers(layers_text), seed=seed)
@@ -224,6 +234,7 @@ def evaluate(config_path, data_path, split, out_path, target_recall, no_baseline
     from .evaluation.evaluate import EvaluateOptions, evaluate as run_evaluation
     from .evaluation.tables import render
 
+    _log_progress_to_stderr()
     options = EvaluateOptions(split=split, target_recall=target_recall, baselines=not no_baselines, leave_one_source_out=not no_loso)
     report = run_evaluation(config_path, data_path, options, cache_dir, progress=sys.stderr.isatty(), plots_dir=plots_dir)
     if out_path:

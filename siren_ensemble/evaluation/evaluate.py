@@ -10,6 +10,7 @@ all records of that source, from every split, are scored. Baselines are refitted
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +30,8 @@ from . import baselines, plots
 from .metrics import binary_metrics, threshold_for_recall
 from .refit import member_mlp_params, refit_scores
 from .scoring import FeatureScorer
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.5
 ALTERNATIVE_COMBINERS = (("mean", {}), ("weighted_mean", {}), ("max", {}), ("vote", {"rule": "any"}), ("vote", {"rule": "majority"}))
@@ -68,6 +71,7 @@ def evaluate(config_path: str | Path, data: str | Path, options: EvaluateOptions
     plans, combiner = validate_plan(config)
     scorer = FeatureScorer(config, plans, cache_dir, progress)
     is_split_dir = Path(data).is_dir()
+    logger.info("scoring %s with %d members (features from the cache when present)", data, len(plans))
     splits = {name: _load(scorer, plans, data, name) for name in (SPLITS if is_split_dir else ())}
     evaluated = splits[options.split] if is_split_dir else _load(scorer, plans, data, None)
     validation = splits.get("validation")
@@ -89,6 +93,7 @@ def evaluate(config_path: str | Path, data: str | Path, options: EvaluateOptions
     if plots_dir is not None:
         report["plots"] = [str(path) for path in _plot(plans, evaluated, outputs, plots_dir, report["split"] or str(data))]
     if options.leave_one_source_out and train is not None:
+        logger.info("leave-one-source-out: refitting members and baselines without each source")
         report["leave_one_source_out"] = _leave_one_source_out(plans, splits, views, options, config_combiner, config.base_dir)
     return report
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from ..head import HeadConfig, SirenHead, neuron_key
 from .feature_cache import FeatureExtractor
 from .mlp_search import FitOptions, fit_mlp, search_mlp
 from .probes import DEFAULT_C_GRID, fit_layer_probes
+
+logger = logging.getLogger(__name__)
 
 REPORT_FILE = "training_report.json"
 SUMMARY_FILE = "training_summary.txt"
@@ -70,6 +73,8 @@ def train_head(extractor: FeatureExtractor, data: str | Path, out: str | Path, o
     if not Path(data).is_dir():
         raise InputError(f"{data}: training needs a split directory (train.jsonl, validation.jsonl, ...)")
     started = time.perf_counter()
+    logger.info("features of %s (%s, %s): train and validation splits of %s", extractor.adapter.spec.describe(),
+                extractor.adapter.spec.dtype, extractor.pooling, data)
     train = load_split(extractor, data, "train", progress)
     validation = load_split(extractor, data, "validation", progress)
     for name, split in (("train", train), ("validation", validation)):
@@ -79,10 +84,13 @@ def train_head(extractor: FeatureExtractor, data: str | Path, out: str | Path, o
 
     num_layers = len(train.layers)
     layers = _check_layers(options.layers, num_layers)
+    logger.info("features ready in %.0f s; stage 1: probes for %d layers", extracted - started, len(layers))
     probes, alphas = fit_layer_probes(train.layers, train.labels, validation.layers, validation.labels, layers,
                                       options.eta, options.c_grid, options.seed, progress)
     neurons = {probe.layer: list(probe.neurons) for probe in probes}
     probed = time.perf_counter()
+    logger.info("stage 1 done in %.0f s: %d safety neurons; stage 2: %d Optuna trials, %d-fold CV",
+                probed - extracted, sum(map(len, neurons.values())), options.trials, options.folds)
 
     x = np.concatenate([weighted_neuron_features(split.layers, neurons, alphas) for split in (train, validation)])
     y = np.concatenate([train.labels, validation.labels])
@@ -90,6 +98,7 @@ def train_head(extractor: FeatureExtractor, data: str | Path, out: str | Path, o
     search = search_mlp(x, y, groups, options.trials, options.folds, options.seed, progress)
     mlp, _ = fit_mlp(x, y, search.params, FitOptions(seed=options.seed))
     searched = time.perf_counter()
+    logger.info("stage 2 done in %.0f s: CV F1 %.4f", searched - probed, search.cv_f1)
 
     head = SirenHead(_head_config(extractor, layers, neurons, alphas, search.params, options.threshold), mlp)
     head.save(out)
