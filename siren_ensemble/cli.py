@@ -155,5 +155,41 @@ def fit_stacker_command(config_path, data_path, out_path):
                            "intercept": params.intercept, **params.fitted_on}))
 
 
+
+@cli.command()
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; a non-loopback address needs an API key.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--api-key", envvar="SIREN_ENSEMBLE_API_KEY", show_envvar=True,
+              help="Require `Authorization: Bearer KEY` on /v1/* and /metrics.")
+@click.option("--max-body-bytes", default=1_000_000, show_default=True, type=click.IntRange(1), help="Largest request body (and WebSocket message).")
+@click.option("--max-inputs", default=64, show_default=True, type=click.IntRange(1), help="Most texts in one moderation request.")
+@click.option("--max-chars", default=32_000, show_default=True, type=click.IntRange(1), help="Longest text (or streamed response) in characters.")
+@click.option("--request-timeout", default=30.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Seconds a request may wait for its score; then the failure policy answers.")
+@click.option("--batch-wait-ms", default=5.0, show_default=True, type=click.FloatRange(0),
+              help="How long the micro-batcher waits for more requests to join a batch.")
+@click.option("--batch-max-texts", default=64, show_default=True, type=click.IntRange(1),
+              help="Texts per micro-batch; 1 turns micro-batching off.")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(config_path, host, port, api_key, max_body_bytes, max_inputs, max_chars, request_timeout, batch_wait_ms,
+          batch_max_texts, log_level):
+    """Run the HTTP service: OpenAI-compatible /v1/moderations, /v1/score, /v1/stream (WebSocket), /metrics."""
+    try:
+        from .serve import ServeSettings, build_server, create_app
+    except ImportError as error:
+        raise SirenError(f"the service needs the `serve` extra: pip install 'siren-ensemble[serve]' ({error})") from None
+    from .config import load_config
+    from .ensemble import Ensemble
+    from .members import validate_plan
+
+    settings = ServeSettings(
+        host=host, port=port, api_key=api_key, max_body_bytes=max_body_bytes, max_inputs=max_inputs,
+        max_chars=max_chars, request_timeout_s=request_timeout, batch_wait_ms=batch_wait_ms, batch_max_texts=batch_max_texts,
+    )
+    config = load_config(config_path)
+    validate_plan(config)  # a bad config stops here, before the port opens; weights load in the background
+    build_server(create_app(lambda: Ensemble.from_config(config), settings), settings, log_level=log_level).run()
+
 def main() -> None:
     cli(prog_name="siren-ensemble")
