@@ -171,9 +171,10 @@ def fit_stacker_command(config_path, data_path, out_path):
               help="How long the micro-batcher waits for more requests to join a batch.")
 @click.option("--batch-max-texts", default=64, show_default=True, type=click.IntRange(1),
               help="Texts per micro-batch; 1 turns micro-batching off.")
+@click.option("--torch-threads", type=click.IntRange(1), help="torch threads for the model (default: torch's choice, one per core).")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(config_path, host, port, api_key, max_body_bytes, max_inputs, max_chars, request_timeout, batch_wait_ms,
-          batch_max_texts, log_level):
+          batch_max_texts, torch_threads, log_level):
     """Run the HTTP service: OpenAI-compatible /v1/moderations, /v1/score, /v1/stream (WebSocket), /metrics."""
     try:
         from .serve import ServeSettings, build_server, create_app
@@ -186,6 +187,7 @@ def serve(config_path, host, port, api_key, max_body_bytes, max_inputs, max_char
     settings = ServeSettings(
         host=host, port=port, api_key=api_key, max_body_bytes=max_body_bytes, max_inputs=max_inputs,
         max_chars=max_chars, request_timeout_s=request_timeout, batch_wait_ms=batch_wait_ms, batch_max_texts=batch_max_texts,
+        torch_threads=torch_threads,
     )
     config = load_config(config_path)
     validate_plan(config)  # a bad config stops here, before the port opens; weights load in the background

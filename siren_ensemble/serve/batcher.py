@@ -27,7 +27,8 @@ class _Pending:
 
 class MicroBatcher:
     def __init__(self, score_batch: Callable[[list[str]], Sequence[Any]], *, max_wait_s: float, max_texts: int,
-                 max_chars: int, on_batch: Callable[[int], None] = lambda size: None):
+                 max_chars: int, on_batch: Callable[[int], None] = lambda size: None,
+                 thread_initializer: Callable[[], None] | None = None):
         self._score_batch = score_batch
         self._max_wait_s = max_wait_s
         self._max_texts = max_texts
@@ -35,7 +36,7 @@ class MicroBatcher:
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._carried: _Pending | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siren-model")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siren-model", initializer=thread_initializer)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:

@@ -32,6 +32,7 @@ class Scorer:
         self.batcher = MicroBatcher(
             ensemble.score_batch, max_wait_s=settings.batch_wait_ms / 1000, max_texts=settings.batch_max_texts,
             max_chars=settings.batch_max_chars, on_batch=metrics.batch_texts.observe,
+            thread_initializer=_torch_threads(settings.torch_threads),
         )
 
     def start(self) -> None:
@@ -84,6 +85,18 @@ class ScoredStream:
 
     async def close(self) -> None:
         await self._scorer.batcher.run_on_model_thread(self._stream.close)
+
+
+def _torch_threads(count: int | None):
+    if count is None:
+        return None
+
+    def set_threads() -> None:
+        import torch
+
+        torch.set_num_threads(count)
+
+    return set_threads
 
 
 def _reason(error: Exception, settings: ServeSettings) -> str:

@@ -26,10 +26,13 @@ class ServeSettings:
     #: Texts per gathered batch; 1 turns micro-batching off (one request per forward pass).
     batch_max_texts: int = 64
     batch_max_chars: int = 200_000
+    #: torch intra-op threads on the model thread; None keeps torch's default (one per core). On a
+    #: machine shared with other busy processes, fewer threads avoid OpenMP oversubscription stalls.
+    torch_threads: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_inputs", "max_chars", "batch_max_texts", "batch_max_chars"):
-            if getattr(self, name) < 1:
+        for name in ("max_body_bytes", "max_inputs", "max_chars", "batch_max_texts", "batch_max_chars", "torch_threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.request_timeout_s <= 0:
             raise ConfigError(f"request_timeout_s: must be positive, got {self.request_timeout_s}")
