@@ -165,6 +165,7 @@ def fit_stacker_command(config_path, data_path, out_path):
 @click.option("--max-body-bytes", default=1_000_000, show_default=True, type=click.IntRange(1), help="Largest request body (and WebSocket message).")
 @click.option("--max-inputs", default=64, show_default=True, type=click.IntRange(1), help="Most texts in one moderation request.")
 @click.option("--max-chars", default=32_000, show_default=True, type=click.IntRange(1), help="Longest text (or streamed response) in characters.")
+@click.option("--max-streams", default=16, show_default=True, type=click.IntRange(1), help="Concurrent WebSocket streams.")
 @click.option("--request-timeout", default=30.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Seconds a request may wait for its score; then the failure policy answers.")
 @click.option("--batch-wait-ms", default=5.0, show_default=True, type=click.FloatRange(0),
@@ -173,7 +174,7 @@ def fit_stacker_command(config_path, data_path, out_path):
               help="Texts per micro-batch; 1 turns micro-batching off.")
 @click.option("--torch-threads", type=click.IntRange(1), help="torch threads for the model (default: torch's choice, one per core).")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(config_path, host, port, api_key, max_body_bytes, max_inputs, max_chars, request_timeout, batch_wait_ms,
+def serve(config_path, host, port, api_key, max_body_bytes, max_inputs, max_chars, max_streams, request_timeout, batch_wait_ms,
           batch_max_texts, torch_threads, log_level):
     """Run the HTTP service: OpenAI-compatible /v1/moderations, /v1/score, /v1/stream (WebSocket), /metrics."""
     try:
@@ -186,7 +187,7 @@ def serve(config_path, host, port, api_key, max_body_bytes, max_inputs, max_char
 
     settings = ServeSettings(
         host=host, port=port, api_key=api_key, max_body_bytes=max_body_bytes, max_inputs=max_inputs,
-        max_chars=max_chars, request_timeout_s=request_timeout, batch_wait_ms=batch_wait_ms, batch_max_texts=batch_max_texts,
+        max_chars=max_chars, max_streams=max_streams, request_timeout_s=request_timeout, batch_wait_ms=batch_wait_ms, batch_max_texts=batch_max_texts,
         torch_threads=torch_threads,
     )
     config = load_config(config_path)

@@ -97,7 +97,7 @@ def url(ensemble):
 
 @pytest.fixture(scope="module")
 def keyed_url(ensemble):
-    with service(ensemble, api_key=KEY) as base:
+    with service(ensemble, api_key=KEY, max_streams=1) as base:
         yield base
 
 
@@ -389,13 +389,18 @@ def test_websocket_stream_rejects_bad_messages_and_bad_keys(url, keyed_url):
         socket_.send(json.dumps({}))
         socket_.send(json.dumps({"chunk": "y" * 401}))
         assert "response: 401 characters, over the limit of 400" in json.loads(socket_.recv(timeout=10))["error"]["message"]
-    keyed_ws = keyed_url.replace("http", "ws") + "/v1/stream"
+    keyed_ws = keyed_url.replace("http", "ws") + "/v1/stream"  # keyed_url's server allows one stream at a time
     with pytest.raises(InvalidStatus):
         connect(keyed_ws).close()
     with connect(keyed_ws, additional_headers={"Authorization": f"Bearer {KEY}"}) as socket_:
         socket_.send(json.dumps({}))
         socket_.send(json.dumps({"chunk": "hello"}))
         assert json.loads(socket_.recv(timeout=10))["index"] == 0
+        with connect(keyed_ws, additional_headers={"Authorization": f"Bearer {KEY}"}) as second:
+            assert "too many open streams" in json.loads(second.recv(timeout=10))["error"]["message"]
+            with pytest.raises(Exception):
+                second.recv(timeout=10)
+            assert second.close_code == 1013
 
 
 # ---- the command -----------------------------------------------------------------------------
@@ -426,3 +431,22 @@ def test_serve_command_runs_the_service(ensemble, tmp_path):
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_a_failing_stream_feed_is_answered_flagged_with_the_reason(make_ensemble):
+    ensemble = make_ensemble()
+
+    class BrokenStream:
+        def feed(self, chunk):
+            raise RuntimeError("injected stream fault")
+
+        def close(self):
+            pass
+
+    ensemble.stream = lambda prompt=None, threshold=None: BrokenStream()
+    with service(ensemble) as base, connect(base.replace("http", "ws") + "/v1/stream") as socket_:
+        socket_.send(json.dumps({"prompt": "Q"}))
+        socket_.send(json.dumps({"chunk": "A"}))
+        answer = json.loads(socket_.recv(timeout=10))
+    assert answer["flagged"] is True and answer["score"] == 1.0
+    assert "injected stream fault" in answer["errors"]["service"]

@@ -42,6 +42,7 @@ class _Service:
         self.metrics = ServiceMetrics()
         self.scorer: Scorer | None = None
         self.load_error: str | None = None
+        self.open_streams = 0
 
     def ready_scorer(self) -> Scorer:
         if self.scorer is None:
@@ -128,7 +129,14 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
         if service.scorer is None:
             await _ws_fail(websocket, WS_TRY_AGAIN_LATER, "models are not loaded yet")
             return
-        await _stream_session(websocket, service.scorer, settings)
+        if service.open_streams >= settings.max_streams:
+            await _ws_fail(websocket, WS_TRY_AGAIN_LATER, f"too many open streams (limit {settings.max_streams}); retry later")
+            return
+        service.open_streams += 1
+        try:
+            await _stream_session(websocket, service.scorer, settings)
+        finally:
+            service.open_streams -= 1
 
     return app
 
@@ -142,7 +150,7 @@ async def _stream_session(websocket: WebSocket, scorer: Scorer, settings: ServeS
         if start.prompt is not None and len(start.prompt) > settings.max_chars:
             await _ws_fail(websocket, WS_TOO_BIG, f"prompt: {len(start.prompt)} characters, over the limit of {settings.max_chars}")
             return
-        session = scorer.open_stream(start.prompt, start.threshold)
+        session = await scorer.open_stream(start.prompt, start.threshold)
         response_chars = 0
         try:
             index = 0

@@ -15,7 +15,6 @@ from ..ensemble import Ensemble, EnsembleResult
 from .batcher import MicroBatcher
 from .metrics import ServiceMetrics
 from .settings import ServeSettings
-from .streaming import open_stream
 
 log = logging.getLogger("siren_ensemble.serve")
 
@@ -53,9 +52,10 @@ class Scorer:
         self.metrics.record_verdicts([result.is_harmful for result in results])
         return results
 
-    def open_stream(self, prompt: str | None, threshold: float | None) -> "ScoredStream":
-        return ScoredStream(self, open_stream(self.ensemble, prompt, threshold),
-                            self.ensemble.threshold if threshold is None else threshold)
+    async def open_stream(self, prompt: str | None, threshold: float | None) -> "ScoredStream":
+        """An incremental ``Ensemble.stream``, created (like every model call) on the model thread."""
+        stream = await self.batcher.run_on_model_thread(lambda: self.ensemble.stream(prompt=prompt, threshold=threshold))
+        return ScoredStream(self, stream, self.ensemble.threshold if threshold is None else threshold)
 
     def _policy_result(self, reason: str, threshold: float) -> EnsembleResult:
         self.metrics.failures.labels(reason.split(":")[0]).inc()

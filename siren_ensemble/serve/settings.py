@@ -19,6 +19,8 @@ class ServeSettings:
     max_body_bytes: int = 1_000_000
     max_inputs: int = 64
     max_chars: int = 32_000
+    #: Concurrent WebSocket streams; each holds its backbones' KV caches until it closes.
+    max_streams: int = 16
     #: Seconds a request may wait for its score before the fail policy answers instead.
     request_timeout_s: float = 30.0
     #: How long the micro-batcher waits for more requests after the first one arrives.
@@ -31,7 +33,7 @@ class ServeSettings:
     torch_threads: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_inputs", "max_chars", "batch_max_texts", "batch_max_chars", "torch_threads"):
+        for name in ("max_body_bytes", "max_inputs", "max_chars", "batch_max_texts", "batch_max_chars", "max_streams", "torch_threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.request_timeout_s <= 0:
