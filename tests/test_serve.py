@@ -20,9 +20,10 @@ from websockets.sync.client import connect
 from siren_ensemble import Ensemble
 from siren_ensemble.config import EnsembleConfig
 from siren_ensemble.errors import ConfigError
-from siren_ensemble.serve import ServeSettings, build_server, create_app
+from siren_ensemble.serve.app import create_app
 from siren_ensemble.serve.schemas import HARM_CATEGORY, OPENAI_CATEGORIES
-from siren_ensemble.serve.settings import is_loopback
+from siren_ensemble.serve.server import build_server
+from siren_ensemble.serve.settings import ServeSettings, is_loopback
 from siren_ensemble.testing import random_head
 
 from .conftest import HIDDEN
@@ -97,7 +98,7 @@ def url(ensemble):
 
 @pytest.fixture(scope="module")
 def keyed_url(ensemble):
-    with service(ensemble, api_key=KEY, max_streams=1) as base:
+    with service(ensemble, api_key=KEY, max_streams=1, stream_idle_timeout_s=0.5) as base:
         yield base
 
 
@@ -401,6 +402,12 @@ def test_websocket_stream_rejects_bad_messages_and_bad_keys(url, keyed_url):
             with pytest.raises(Exception):
                 second.recv(timeout=10)
             assert second.close_code == 1013
+        time.sleep(0.6)  # idle past the limit: the server closes the stream and frees its slot
+        assert "no message for 0.5 s" in json.loads(socket_.recv(timeout=10))["error"]["message"]
+    with connect(keyed_ws, additional_headers={"Authorization": f"Bearer {KEY}"}) as socket_:
+        socket_.send(json.dumps({}))
+        socket_.send(json.dumps({"chunk": "again"}))
+        assert json.loads(socket_.recv(timeout=10))["index"] == 0
 
 
 # ---- the command -----------------------------------------------------------------------------

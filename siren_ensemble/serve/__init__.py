@@ -1,7 +1,5 @@
-"""The HTTP service: ``siren-ensemble serve`` (needs the ``serve`` extra: FastAPI, uvicorn, websockets)."""
+"""The HTTP service: ``siren-ensemble serve`` (needs the ``serve`` extra: FastAPI, uvicorn, websockets).
 
-from .app import create_app
-from .server import build_server
-from .settings import API_KEY_ENV, ServeSettings
-
-__all__ = ["API_KEY_ENV", "ServeSettings", "build_server", "create_app"]
+``app.create_app`` builds the ASGI app, ``server.build_server`` the uvicorn server, and
+``settings.ServeSettings`` holds the limits; this package imports nothing heavy by itself.
+"""

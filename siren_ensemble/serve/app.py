@@ -144,7 +144,7 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
 async def _stream_session(websocket: WebSocket, scorer: Scorer, settings: ServeSettings) -> None:
     """First message ``{"prompt"?, "threshold"?}``; then each ``{"chunk": ...}`` is answered with a score."""
     try:
-        start = await _ws_receive(websocket, StreamStart)
+        start = await _ws_receive(websocket, StreamStart, settings)
         if start is None:
             return
         if start.prompt is not None and len(start.prompt) > settings.max_chars:
@@ -154,7 +154,7 @@ async def _stream_session(websocket: WebSocket, scorer: Scorer, settings: ServeS
         response_chars = 0
         try:
             index = 0
-            while (message := await _ws_receive(websocket, StreamChunk)) is not None:
+            while (message := await _ws_receive(websocket, StreamChunk, settings)) is not None:
                 response_chars += len(message.chunk)
                 if response_chars > settings.max_chars:
                     await _ws_fail(websocket, WS_TOO_BIG, f"response: {response_chars} characters, over the limit of {settings.max_chars}")
@@ -168,9 +168,13 @@ async def _stream_session(websocket: WebSocket, scorer: Scorer, settings: ServeS
         return
 
 
-async def _ws_receive(websocket: WebSocket, model):
-    """The next message parsed as ``model``; None (after closing with the reason) when it is invalid."""
-    text = await websocket.receive_text()
+async def _ws_receive(websocket: WebSocket, model, settings: ServeSettings):
+    """The next message parsed as ``model``; None (after closing with the reason) when it is invalid or late."""
+    try:
+        text = await asyncio.wait_for(websocket.receive_text(), settings.stream_idle_timeout_s)
+    except TimeoutError:
+        await _ws_fail(websocket, WS_POLICY_VIOLATION, f"no message for {settings.stream_idle_timeout_s:g} s; stream closed")
+        return None
     try:
         return model.model_validate(json.loads(text))
     except json.JSONDecodeError as error:
@@ -210,6 +214,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, error: HTTPException):
         body = error_body(str(error.detail), _ERROR_TYPES.get(error.status_code, "invalid_request_error"))
         return JSONResponse(body, status_code=error.status_code, headers=getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):  # logged by the server; the client gets no internals
+        return JSONResponse(error_body("internal error; see the server log", "server_error"), status_code=500)
 
 
 def _validation_message(errors) -> str:

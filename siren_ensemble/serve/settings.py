@@ -21,6 +21,8 @@ class ServeSettings:
     max_chars: int = 32_000
     #: Concurrent WebSocket streams; each holds its backbones' KV caches until it closes.
     max_streams: int = 16
+    #: Seconds a stream may wait for its next message before it is closed (frees its slot).
+    stream_idle_timeout_s: float = 60.0
     #: Seconds a request may wait for its score before the fail policy answers instead.
     request_timeout_s: float = 30.0
     #: How long the micro-batcher waits for more requests after the first one arrives.
@@ -36,8 +38,9 @@ class ServeSettings:
         for name in ("max_body_bytes", "max_inputs", "max_chars", "batch_max_texts", "batch_max_chars", "max_streams", "torch_threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        if self.request_timeout_s <= 0:
-            raise ConfigError(f"request_timeout_s: must be positive, got {self.request_timeout_s}")
+        for name in ("request_timeout_s", "stream_idle_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
         if self.batch_wait_ms < 0:
             raise ConfigError(f"batch_wait_ms: must not be negative, got {self.batch_wait_ms}")
         if self.api_key == "":
