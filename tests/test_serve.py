@@ -328,14 +328,14 @@ def test_a_scoring_exception_is_answered_flagged_with_the_reason(make_ensemble, 
     ensemble = make_ensemble(on_member_error="raise")
     _break_backbone(ensemble, monkeypatch)
     with service(ensemble) as base:
-        answer = moderate(base, {"input": ["hello"]})
+        answer = moderate(base, {"input": ["hello", "again"]})
         score = httpx.post(f"{base}/v1/score", json={"text": "hello", "threshold": 1.0}).json()
         metrics = httpx.get(f"{base}/metrics").text
     assert answer.status_code == 200
-    item = answer.json()["results"][0]
-    assert item["flagged"] is True and "MemberError" in item["siren"]["errors"]["service"]
+    for item in answer.json()["results"]:
+        assert item["flagged"] is True and "MemberError" in item["siren"]["errors"]["service"]
     assert score["is_harmful"] is True and score["score"] == 1.0
-    assert _metric(metrics, 'siren_scoring_failures_total{reason="scoring failed"}') == 2
+    assert _metric(metrics, 'siren_scoring_failures_total{reason="scoring failed"}') == 3  # one per text
 
 
 @pytest.mark.parametrize("policy, flagged", [("fail_closed", True), ("fail_open", False)])

@@ -45,7 +45,8 @@ class Scorer:
         try:
             results = await asyncio.wait_for(self.batcher.score(texts), self.settings.request_timeout_s)
         except Exception as error:
-            results = [self._policy_result(_reason(error, self.settings), threshold)] * len(texts)
+            reason = _reason(error, self.settings)
+            results = [self.policy_result(reason, threshold) for _ in texts]
         else:
             # The batch was scored at the ensemble's threshold; the decision is score >= threshold.
             results = [replace(result, threshold=threshold, is_harmful=result.score >= threshold) for result in results]
@@ -57,7 +58,8 @@ class Scorer:
         stream = await self.batcher.run_on_model_thread(lambda: self.ensemble.stream(prompt=prompt, threshold=threshold))
         return ScoredStream(self, stream, self.ensemble.threshold if threshold is None else threshold)
 
-    def _policy_result(self, reason: str, threshold: float) -> EnsembleResult:
+    def policy_result(self, reason: str, threshold: float) -> EnsembleResult:
+        """The answer when no score came: flagged (fail closed) or not (fail open), with the reason."""
         self.metrics.failures.labels(reason.split(":")[0]).inc()
         return EnsembleResult(
             score=0.0 if self.fail_open else 1.0, is_harmful=not self.fail_open, threshold=threshold,
@@ -79,7 +81,7 @@ class ScoredStream:
             result = await asyncio.wait_for(scorer.batcher.run_on_model_thread(self._stream.feed, chunk),
                                             scorer.settings.request_timeout_s)
         except Exception as error:
-            result = scorer._policy_result(_reason(error, scorer.settings), self._threshold)
+            result = scorer.policy_result(_reason(error, scorer.settings), self._threshold)
         scorer.metrics.record_verdicts([result.is_harmful])
         return result
 
