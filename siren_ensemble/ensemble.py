@@ -23,6 +23,7 @@ from .encoding import plan_batches
 from .errors import InputError, MemberError, SirenError
 from .extraction import LoadedBackbone, union_of
 from .members import MemberPlan, validate_plan
+from .streaming import EnsembleStream, PassStream
 from .text import clean_text, join_prompt_response
 
 DEFAULT_THRESHOLD = 0.5
@@ -123,9 +124,17 @@ class Ensemble:
         return self._combine(member_scores, threshold)
 
     def score_streaming(self, prefix: str, threshold: float | None = None) -> EnsembleResult:
-        """Score the response generated so far (re-encodes the whole prefix, as llm-siren does)."""
+        """Score the response generated so far (re-encodes the whole prefix, as llm-siren does).
+
+        ``stream()`` scores a growing response paying only for each chunk's new tokens.
+        """
         _check_string("prefix", prefix, allow_none=False)
         return self.score_batch([prefix], threshold=threshold)[0]
+
+    def stream(self, prompt: str | None = None, threshold: float | None = None) -> EnsembleStream:
+        """A stream whose ``feed(chunk)`` scores ``score(prompt=prompt, response=<chunks so far>)``."""
+        _check_string("prompt", prompt)
+        return EnsembleStream(self, prompt, self._resolve_threshold(threshold))
 
     __call__ = score
 
@@ -156,14 +165,37 @@ class Ensemble:
                 self._run_pass(shared, batch, sequences, scores, errors)
         return _MemberScores(scores, truncated, errors)
 
+    def _score_stream(self, text: str, streams: list[PassStream], threshold: float) -> EnsembleResult:
+        cleaned = clean_text(text)
+        scores = np.full((1, len(self.plans)), np.nan)
+        truncated = np.zeros(1, dtype=bool)
+        errors: list[dict[str, str]] = [{}]
+        with self._lock:
+            for stream in streams:
+                try:
+                    pooled, cut = stream.pooled(cleaned)
+                except Exception as error:  # fail closed; the next feed starts this pass over
+                    stream.reset()
+                    self._record_forward_failure(stream.shared, [0], error, errors)
+                    continue
+                truncated[0] |= cut
+                self._score_heads(stream.shared, [0], pooled, scores, errors)
+        return self._combine(_MemberScores(scores, truncated, errors), threshold)[0]
+
     def _run_pass(self, shared: _SharedPass, batch: list[int], sequences, scores: np.ndarray, errors) -> None:
-        members = [self.plans[position] for position in shared.member_positions]
         try:
             pooled = shared.backbone.pooled_states(sequences, shared.wanted)
         except Exception as error:  # fail closed on anything the forward pass raises
-            for plan in members:
-                _record_failure(errors, batch, plan.name, f"forward pass failed: {type(error).__name__}: {error}")
+            self._record_forward_failure(shared, batch, error, errors)
             return
+        self._score_heads(shared, batch, pooled, scores, errors)
+
+    def _record_forward_failure(self, shared: _SharedPass, batch: list[int], error: Exception, errors) -> None:
+        for position in shared.member_positions:
+            _record_failure(errors, batch, self.plans[position].name, f"forward pass failed: {type(error).__name__}: {error}")
+
+    def _score_heads(self, shared: _SharedPass, batch: list[int], pooled, scores: np.ndarray, errors) -> None:
+        members = [self.plans[position] for position in shared.member_positions]
         for position, plan in zip(shared.member_positions, members):
             try:
                 request = plan.head.request

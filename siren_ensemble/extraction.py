@@ -9,8 +9,10 @@ whose entry in ``hidden_states`` carries the final norm: that one is read from t
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
-from typing import Collection, Iterable
+from typing import Callable, Collection, Iterable
 
 import torch
 from torch import nn
@@ -74,6 +76,41 @@ class LoadedBackbone:
     def input_device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
+    @functools.cached_property
+    def streams_incrementally(self) -> bool:
+        """Whether a stream may reuse this backbone's KV cache: probed once, so any architecture answers.
+
+        It must be causal (changing the last token leaves earlier positions' states unchanged) and
+        a cached pass over a sequence's tail must give the states a full pass gives.
+        """
+        from transformers import DynamicCache
+
+        if "past_key_values" not in inspect.signature(self.model.forward).parameters:
+            return False
+        ids = self.tokenizer("Is this backbone causal? It should be.", add_special_tokens=True)["input_ids"]
+        if len(ids) < 4:
+            return False
+        device = self.input_device
+        other = ids[:-1] + [ids[-2]] if ids[-1] != ids[-2] else ids[:-1] + [ids[0]]
+        try:
+            with torch.inference_mode():
+                full, changed = (
+                    self.model(input_ids=torch.tensor([sequence], device=device), **self.forward_kwargs).last_hidden_state[0]
+                    for sequence in (ids, other)
+                )
+                cache = DynamicCache(config=self.model.config)
+                self.model(input_ids=torch.tensor([ids[:-2]], device=device), past_key_values=cache, use_cache=True)
+                tail = self.model(
+                    input_ids=torch.tensor([ids[-2:]], device=device), past_key_values=cache, use_cache=True,
+                    attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
+                ).last_hidden_state[0]
+        except Exception:  # an architecture whose forward does not take a cache this way
+            return False
+        causal = torch.allclose(full[:-1], changed[:-1], rtol=1e-3, atol=1e-3)
+        scale = float(full.abs().max()) or 1.0
+        cache_agrees = float((tail - full[-2:]).abs().max()) <= 2e-2 * scale
+        return causal and cache_agrees
+
     def encode(self, texts: list[str], max_length: int) -> list[EncodedText]:
         return encode_texts(self.tokenizer, texts, max_length)
 
@@ -83,39 +120,51 @@ class LoadedBackbone:
         input_ids, attention_mask = pad_batch(
             sequences, self.tokenizer.pad_token_id, self.tokenizer.padding_side, self.input_device
         )
-        blocks = self.blocks
-        last = self.num_layers - 1
         pooled: PooledStates = {}
 
-        def pool_into(key):
+        def pool(key, states):
+            pooled[key] = masked_mean(states, attention_mask)
+
+        self.run_hooked(
+            wanted, pool, early_exit=early_exit,
+            input_ids=input_ids, attention_mask=attention_mask, **self.forward_kwargs,
+        )
+        return pooled
+
+    def run_hooked(self, wanted: Collection[tuple[str, int]], on_states: Callable[[tuple[str, int], torch.Tensor], None],
+                   early_exit: bool = True, **model_inputs) -> None:
+        """Run the model, handing each wanted ``(pooling, layer)``'s states (batch, tokens, hidden) to ``on_states``.
+
+        Each state is handed over as soon as its block has run; the pass stops right after the
+        deepest wanted block unless the last layer (read from ``last_hidden_state``) is wanted.
+        """
+        blocks = self.blocks
+        last = self.num_layers - 1
+
+        def hand_over(key):
             def hook(_module, _args, output):
-                states = output[0] if isinstance(output, tuple) else output
-                pooled[key] = masked_mean(states, attention_mask)
+                on_states(key, output[0] if isinstance(output, tuple) else output)
             return hook
 
         handles = []
         for pooling, layer in sorted(wanted, key=lambda item: item[1]):
             if pooling == "mlp_mean":
-                handles.append(self.adapter.mlp(blocks[layer]).register_forward_hook(pool_into((pooling, layer))))
+                handles.append(self.adapter.mlp(blocks[layer]).register_forward_hook(hand_over((pooling, layer))))
             elif layer != last:
-                handles.append(blocks[layer].register_forward_hook(pool_into((pooling, layer))))
+                handles.append(blocks[layer].register_forward_hook(hand_over((pooling, layer))))
         needs_final_state = ("residual_mean", last) in wanted
         if early_exit and not needs_final_state:
             deepest = max(layer for _, layer in wanted)
             handles.append(blocks[deepest].register_forward_hook(_stop_forward))
         try:
-            output = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, return_dict=True,
-                **self.forward_kwargs,
-            )
+            output = self.model(return_dict=True, **model_inputs)
             if needs_final_state:
-                pooled[("residual_mean", last)] = masked_mean(output.last_hidden_state, attention_mask)
+                on_states(("residual_mean", last), output.last_hidden_state)
         except _StopForward:
             pass
         finally:
             for handle in handles:
                 handle.remove()
-        return pooled
 
 
 def _stop_forward(_module, _args, _output):

@@ -1,0 +1,235 @@
+"""The ASGI app: OpenAI-compatible moderation, our /v1/score, WebSocket streaming, health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from contextlib import asynccontextmanager
+from typing import Callable
+
+from fastapi import Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from ..ensemble import Ensemble
+from ..text import join_prompt_response
+from .auth import is_authorized
+from .metrics import ServiceMetrics
+from .middleware import BodySizeLimit, RequestMetrics
+from .schemas import ModerationRequest, ModerationResponse, ScoreRequest, StreamChunk, StreamStart, error_body, moderation_result
+from .scoring import Scorer
+from .settings import ServeSettings
+
+log = logging.getLogger("siren_ensemble.serve")
+
+DEFAULT_MODEL_NAME = "siren-ensemble"
+#: WebSocket close codes (RFC 6455): policy violation, message too big, try again later.
+WS_POLICY_VIOLATION, WS_TOO_BIG, WS_TRY_AGAIN_LATER = 1008, 1009, 1013
+
+_ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error",
+                503: "service_unavailable"}
+
+
+class _Service:
+    """What the routes need: the scorer once models are loaded, or why they are not."""
+
+    def __init__(self, settings: ServeSettings):
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self.scorer: Scorer | None = None
+        self.load_error: str | None = None
+        self.open_streams = 0
+
+    def ready_scorer(self) -> Scorer:
+        if self.scorer is None:
+            raise HTTPException(503, f"models failed to load: {self.load_error}" if self.load_error else "models are loading")
+        return self.scorer
+
+
+def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSettings = ServeSettings()) -> FastAPI:
+    """``ensemble`` is a loaded Ensemble, or a loader called on a thread at startup (``/readyz`` waits for it)."""
+    service = _Service(settings)
+
+    async def load() -> None:
+        try:
+            loaded = ensemble if isinstance(ensemble, Ensemble) else await asyncio.to_thread(ensemble)
+        except Exception as error:
+            service.load_error = f"{type(error).__name__}: {error}"
+            log.error("models failed to load: %s", service.load_error)
+            return
+        scorer = Scorer(loaded, settings, service.metrics)
+        scorer.start()
+        service.scorer = scorer
+        log.info("models loaded: %s", ", ".join(loaded.member_names))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loading = asyncio.create_task(load())
+        yield
+        loading.cancel()
+        await asyncio.gather(loading, return_exceptions=True)
+        if service.scorer is not None:
+            await service.scorer.stop()
+
+    def require_key(request: Request) -> None:
+        if not is_authorized(request.headers, settings.api_key):
+            raise HTTPException(401, "missing or wrong API key (send `Authorization: Bearer <key>`)")
+
+    app = FastAPI(title="siren-ensemble", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.service = service
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=service.metrics)
+    _add_error_handlers(app)
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if service.scorer is None:
+            status = "failed" if service.load_error else "loading"
+            return JSONResponse({"status": status, "error": service.load_error}, status_code=503)
+        return {"status": "ready", "members": service.scorer.ensemble.member_names}
+
+    @app.get("/metrics", dependencies=[Depends(require_key)])
+    async def metrics():
+        return Response(service.metrics.render(), media_type=service.metrics.content_type)
+
+    @app.post("/v1/moderations", dependencies=[Depends(require_key)], response_model=ModerationResponse)
+    async def moderations(body: ModerationRequest):
+        scorer = service.ready_scorer()
+        texts = body.texts
+        _check_limits(texts, settings, "input")
+        results = await scorer.score(texts)
+        return ModerationResponse(id=f"modr-{uuid.uuid4().hex}", model=body.model or DEFAULT_MODEL_NAME,
+                                  results=[moderation_result(result) for result in results])
+
+    @app.post("/v1/score", dependencies=[Depends(require_key)])
+    async def score(body: ScoreRequest):
+        scorer = service.ready_scorer()
+        text = body.text if body.text is not None else join_prompt_response(body.prompt, body.response)
+        for field in ("text", "prompt", "response"):
+            value = getattr(body, field)
+            if value is not None:
+                _check_limits([value], settings, field, single=True)
+        (result,) = await scorer.score([text], body.threshold)
+        return result.to_dict()
+
+    @app.websocket("/v1/stream")
+    async def stream(websocket: WebSocket):
+        if not is_authorized(websocket.headers, settings.api_key):
+            await websocket.close(WS_POLICY_VIOLATION)  # before accept: the handshake is refused (403)
+            return
+        await websocket.accept()
+        if service.scorer is None:
+            await _ws_fail(websocket, WS_TRY_AGAIN_LATER, "models are not loaded yet")
+            return
+        if service.open_streams >= settings.max_streams:
+            await _ws_fail(websocket, WS_TRY_AGAIN_LATER, f"too many open streams (limit {settings.max_streams}); retry later")
+            return
+        service.open_streams += 1
+        try:
+            await _stream_session(websocket, service.scorer, settings)
+        finally:
+            service.open_streams -= 1
+
+    return app
+
+
+async def _stream_session(websocket: WebSocket, scorer: Scorer, settings: ServeSettings) -> None:
+    """First message ``{"prompt"?, "threshold"?}``; then each ``{"chunk": ...}`` is answered with a score."""
+    try:
+        start = await _ws_receive(websocket, StreamStart, settings)
+        if start is None:
+            return
+        if start.prompt is not None and len(start.prompt) > settings.max_chars:
+            await _ws_fail(websocket, WS_TOO_BIG, f"prompt: {len(start.prompt)} characters, over the limit of {settings.max_chars}")
+            return
+        session = await scorer.open_stream(start.prompt, start.threshold)
+        response_chars = 0
+        try:
+            index = 0
+            while (message := await _ws_receive(websocket, StreamChunk, settings)) is not None:
+                response_chars += len(message.chunk)
+                if response_chars > settings.max_chars:
+                    await _ws_fail(websocket, WS_TOO_BIG, f"response: {response_chars} characters, over the limit of {settings.max_chars}")
+                    return
+                result = await session.feed(message.chunk)
+                await websocket.send_json({"index": index, "flagged": result.is_harmful, **result.to_dict()})
+                index += 1
+        finally:
+            await session.close()
+    except WebSocketDisconnect:
+        return
+
+
+async def _ws_receive(websocket: WebSocket, model, settings: ServeSettings):
+    """The next message parsed as ``model``; None (after closing with the reason) when it is invalid or late."""
+    try:
+        text = await asyncio.wait_for(websocket.receive_text(), settings.stream_idle_timeout_s)
+    except TimeoutError:
+        await _ws_fail(websocket, WS_POLICY_VIOLATION, f"no message for {settings.stream_idle_timeout_s:g} s; stream closed")
+        return None
+    try:
+        return model.model_validate(json.loads(text))
+    except json.JSONDecodeError as error:
+        reason = f"message is not valid JSON: {error.msg} (position {error.pos})"
+    except ValidationError as error:
+        reason = _validation_message(error.errors())
+    await _ws_fail(websocket, WS_POLICY_VIOLATION, reason)
+    return None
+
+
+async def _ws_fail(websocket: WebSocket, code: int, message: str) -> None:
+    await websocket.send_json(error_body(message))
+    await websocket.close(code, reason=message[:120])
+
+
+def _check_limits(texts: list[str], settings: ServeSettings, field: str, single: bool = False) -> None:
+    if not texts:
+        raise HTTPException(400, f"{field}: must not be empty (give a string or a non-empty list of strings)")
+    if len(texts) > settings.max_inputs:
+        raise HTTPException(400, f"{field}: {len(texts)} texts, over the limit of {settings.max_inputs} per request")
+    for index, text in enumerate(texts):
+        if len(text) > settings.max_chars:
+            where = field if single else f"{field}[{index}]"
+            raise HTTPException(400, f"{where}: {len(text)} characters, over the limit of {settings.max_chars}")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError):
+        if "json" not in request.headers.get("content-type", ""):
+            message = "the request body must be JSON, sent with `Content-Type: application/json`"
+        else:
+            message = _validation_message(error.errors())
+        return JSONResponse(error_body(message), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        body = error_body(str(error.detail), _ERROR_TYPES.get(error.status_code, "invalid_request_error"))
+        return JSONResponse(body, status_code=error.status_code, headers=getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):  # logged by the server; the client gets no internals
+        return JSONResponse(error_body("internal error; see the server log", "server_error"), status_code=500)
+
+
+def _validation_message(errors) -> str:
+    """``input[2]: Input should be a valid string`` from pydantic's error list (the first error, and how many more)."""
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return f"request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}"
+    path = ""
+    for part in first["loc"]:
+        if part == "body" and not path:
+            continue
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return f"{path or 'request body'}: {message}{more}"

@@ -1,0 +1,110 @@
+"""Dynamic micro-batching: concurrent requests gathered into one scoring call, run off the event loop.
+
+The first request to arrive opens a batch; the batcher then waits up to ``max_wait_s`` for more,
+stopping early when the batch holds ``max_texts`` texts or ``max_chars`` characters. The whole batch
+goes to one ``score_batch`` call on the model thread (a single worker: the model is not shared
+across threads), which itself splits it into forward passes capped by the config's
+``batching.max_tokens``. While the model runs, new requests queue up and form the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Pending:
+    texts: list[str]
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    def __init__(self, score_batch: Callable[[list[str]], Sequence[Any]], *, max_wait_s: float, max_texts: int,
+                 max_chars: int, on_batch: Callable[[int], None] = lambda size: None,
+                 thread_initializer: Callable[[], None] | None = None):
+        self._score_batch = score_batch
+        self._max_wait_s = max_wait_s
+        self._max_texts = max_texts
+        self._max_chars = max_chars
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._carried: _Pending | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siren-model", initializer=thread_initializer)
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="siren-micro-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def score(self, texts: list[str]) -> list[Any]:
+        """One result per text, in order; raises whatever ``score_batch`` raised for the batch."""
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(list(texts), future))
+        return await future
+
+    async def run_on_model_thread(self, function: Callable[..., R], *args) -> R:
+        """Run other model work (e.g. a streaming feed) on the same thread, in turn with the batches."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._gather()
+            if batch:
+                await self._score(batch)
+
+    async def _gather(self) -> list[_Pending]:
+        first = self._carried or await self._queue.get()
+        self._carried = None
+        batch, texts, chars = [first], len(first.texts), _chars(first)
+        deadline = time.monotonic() + self._max_wait_s
+        while texts < self._max_texts and chars < self._max_chars:
+            try:
+                pending = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    pending = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if texts + len(pending.texts) > self._max_texts or chars + _chars(pending) > self._max_chars:
+                self._carried = pending  # it opens the next batch
+                break
+            batch.append(pending)
+            texts += len(pending.texts)
+            chars += _chars(pending)
+        return [pending for pending in batch if not pending.future.done()]  # drop requests that timed out
+
+    async def _score(self, batch: list[_Pending]) -> None:
+        texts = [text for pending in batch for text in pending.texts]
+        self._on_batch(len(texts))
+        try:
+            results = await self.run_on_model_thread(self._score_batch, texts)
+        except Exception as error:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        start = 0
+        for pending in batch:
+            end = start + len(pending.texts)
+            if not pending.future.done():
+                pending.future.set_result(list(results[start:end]))
+            start = end
+
+
+def _chars(pending: _Pending) -> int:
+    return sum(len(text) for text in pending.texts)

@@ -1,0 +1,108 @@
+"""Scoring for the service: micro-batched, bounded in time, and failing the way the config says.
+
+A scoring error or timeout never reaches the client as a 5xx: the text is answered by the failure
+policy instead, ``flagged: true`` with the reason (fail closed), or ``flagged: false`` with the
+reason when the config's ``on_member_error`` is ``fail_open``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+
+from ..ensemble import Ensemble, EnsembleResult
+from .batcher import MicroBatcher
+from .metrics import ServiceMetrics
+from .settings import ServeSettings
+
+log = logging.getLogger("siren_ensemble.serve")
+
+#: The key under ``errors`` that carries the reason when the failure policy answered.
+SERVICE_ERROR_KEY = "service"
+
+
+class Scorer:
+    def __init__(self, ensemble: Ensemble, settings: ServeSettings, metrics: ServiceMetrics):
+        self.ensemble = ensemble
+        self.settings = settings
+        self.metrics = metrics
+        self.fail_open = ensemble.config.on_member_error == "fail_open"
+        self.batcher = MicroBatcher(
+            ensemble.score_batch, max_wait_s=settings.batch_wait_ms / 1000, max_texts=settings.batch_max_texts,
+            max_chars=settings.batch_max_chars, on_batch=metrics.batch_texts.observe,
+            thread_initializer=_torch_threads(settings.torch_threads),
+        )
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+    async def score(self, texts: list[str], threshold: float | None = None) -> list[EnsembleResult]:
+        threshold = self.ensemble.threshold if threshold is None else threshold
+        try:
+            results = await asyncio.wait_for(self.batcher.score(texts), self.settings.request_timeout_s)
+        except Exception as error:
+            reason = _reason(error, self.settings)
+            results = [self.policy_result(reason, threshold) for _ in texts]
+        else:
+            # The batch was scored at the ensemble's threshold; the decision is score >= threshold.
+            results = [replace(result, threshold=threshold, is_harmful=result.score >= threshold) for result in results]
+        self.metrics.record_verdicts([result.is_harmful for result in results])
+        return results
+
+    async def open_stream(self, prompt: str | None, threshold: float | None) -> "ScoredStream":
+        """An incremental ``Ensemble.stream``, created (like every model call) on the model thread."""
+        stream = await self.batcher.run_on_model_thread(lambda: self.ensemble.stream(prompt=prompt, threshold=threshold))
+        return ScoredStream(self, stream, self.ensemble.threshold if threshold is None else threshold)
+
+    def policy_result(self, reason: str, threshold: float) -> EnsembleResult:
+        """The answer when no score came: flagged (fail closed) or not (fail open), with the reason."""
+        self.metrics.failures.labels(reason.split(":")[0]).inc()
+        return EnsembleResult(
+            score=0.0 if self.fail_open else 1.0, is_harmful=not self.fail_open, threshold=threshold,
+            members={name: None for name in self.ensemble.member_names}, errors={SERVICE_ERROR_KEY: reason},
+        )
+
+
+class ScoredStream:
+    """A streaming session: each chunk is fed on the model thread, bounded by the request timeout."""
+
+    def __init__(self, scorer: Scorer, stream, threshold: float):
+        self._scorer = scorer
+        self._stream = stream
+        self._threshold = threshold
+
+    async def feed(self, chunk: str) -> EnsembleResult:
+        scorer = self._scorer
+        try:
+            result = await asyncio.wait_for(scorer.batcher.run_on_model_thread(self._stream.feed, chunk),
+                                            scorer.settings.request_timeout_s)
+        except Exception as error:
+            result = scorer.policy_result(_reason(error, scorer.settings), self._threshold)
+        scorer.metrics.record_verdicts([result.is_harmful])
+        return result
+
+    async def close(self) -> None:
+        await self._scorer.batcher.run_on_model_thread(self._stream.close)
+
+
+def _torch_threads(count: int | None):
+    if count is None:
+        return None
+
+    def set_threads() -> None:
+        import torch
+
+        torch.set_num_threads(count)
+
+    return set_threads
+
+
+def _reason(error: Exception, settings: ServeSettings) -> str:
+    if isinstance(error, TimeoutError):
+        return f"timeout: no score within {settings.request_timeout_s:g} s"
+    log.error("scoring failed: %s: %s", type(error).__name__, error, exc_info=error)
+    return f"scoring failed: {type(error).__name__}: {error}"

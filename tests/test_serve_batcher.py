@@ -1,0 +1,107 @@
+"""The micro-batcher on its own, with a fake scorer that records each batch."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from siren_ensemble.serve.batcher import MicroBatcher
+
+
+class RecordingScorer:
+    def __init__(self, fail_on: str | None = None, gate: threading.Event | None = None):
+        self.batches: list[list[str]] = []
+        self.threads: set[str] = set()
+        self.fail_on = fail_on
+        self.gate = gate
+
+    def __call__(self, texts: list[str]) -> list[str]:
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.batches.append(list(texts))
+        self.threads.add(threading.current_thread().name)
+        if self.fail_on in texts:
+            raise RuntimeError(f"cannot score {self.fail_on!r}")
+        return [f"scored:{text}" for text in texts]
+
+
+async def with_batcher(scorer, body, **options):
+    options = {"max_wait_s": 0.05, "max_texts": 4, "max_chars": 1000, **options}
+    batcher = MicroBatcher(scorer, **options)
+    batcher.start()
+    try:
+        return await body(batcher)
+    finally:
+        await batcher.stop()
+
+
+def test_concurrent_requests_are_gathered_within_the_bounds_and_answered_in_order():
+    scorer = RecordingScorer()
+    requests = [[f"r{index}-a", f"r{index}-b"] if index % 3 == 0 else [f"r{index}"] for index in range(10)]
+    sizes = []
+
+    async def body(batcher):
+        return await asyncio.gather(*(batcher.score(texts) for texts in requests))
+
+    answers = asyncio.run(with_batcher(scorer, body, on_batch=sizes.append))
+    assert answers == [[f"scored:{text}" for text in texts] for texts in requests]
+    assert all(len(batch) <= 4 for batch in scorer.batches)
+    assert len(scorer.batches) < len(requests)  # gathered, not one pass per request
+    assert sorted(text for batch in scorer.batches for text in batch) == sorted(t for texts in requests for t in texts)
+    assert sizes == [len(batch) for batch in scorer.batches]
+    assert len(scorer.threads) == 1 and threading.current_thread().name not in scorer.threads
+
+
+def test_character_bound_and_an_oversized_request_alone():
+    scorer = RecordingScorer()
+
+    async def body(batcher):
+        return await asyncio.gather(batcher.score(["a" * 60]), batcher.score(["b" * 60]), batcher.score(["c"] * 9))
+
+    answers = asyncio.run(with_batcher(scorer, body, max_chars=100, max_texts=4))
+    assert [len(answer) for answer in answers] == [1, 1, 9]
+    assert [len(batch) for batch in scorer.batches] == [1, 1, 9]
+
+
+def test_max_texts_one_scores_each_request_in_its_own_pass():
+    scorer = RecordingScorer()
+
+    async def body(batcher):
+        return await asyncio.gather(*(batcher.score([f"t{index}"]) for index in range(5)))
+
+    asyncio.run(with_batcher(scorer, body, max_texts=1, max_wait_s=0))
+    assert scorer.batches == [[f"t{index}"] for index in range(5)]
+
+
+def test_a_failing_batch_raises_for_its_requests_only_and_the_batcher_goes_on():
+    gate = threading.Event()
+    scorer = RecordingScorer(fail_on="bad", gate=gate)
+
+    async def body(batcher):
+        first = asyncio.ensure_future(batcher.score(["bad"]))
+        await asyncio.sleep(0.01)
+        gate.set()
+        with pytest.raises(RuntimeError, match="cannot score 'bad'"):
+            await first
+        return await batcher.score(["good"])
+
+    assert asyncio.run(with_batcher(scorer, body, max_wait_s=0)) == ["scored:good"]
+
+
+def test_a_request_abandoned_while_queued_is_not_scored():
+    gate = threading.Event()
+    scorer = RecordingScorer(gate=gate)
+
+    async def body(batcher):
+        busy = asyncio.ensure_future(batcher.score(["first"]))
+        await asyncio.sleep(0.02)  # "first" is on the model thread, waiting for the gate
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(batcher.score(["abandoned"]), 0.02)
+        gate.set()
+        await busy
+        return await batcher.score(["later"])
+
+    assert asyncio.run(with_batcher(scorer, body, max_wait_s=0)) == ["scored:later"]
+    assert scorer.batches == [["first"], ["later"]]

@@ -1,0 +1,166 @@
+"""Streams score exactly what a full re-encode of the prompt and the response so far scores."""
+
+import pytest
+
+from siren_ensemble import Ensemble, SirenError
+from siren_ensemble import streaming
+from siren_ensemble.streaming import StreamClosedError
+
+from .conftest import DEPTH
+
+PROMPT = "<|im_start|>user\nHow do I bake bread at home?<|im_end|>"
+# Boundaries inside words, whitespace-only and empty chunks, a chat marker split across chunks,
+# runs of newlines that cleaning squeezes, and trailing spaces that cleaning strips.
+CHUNKS = [
+    "Sure", "! Here", " is", " a ", "", "   ", "rec", "ipe", ":\n", "\n", "\n\n", "1. Mix fl", "our and wa",
+    "ter.\t", " ", "<|im_", "end|>", " 2. K", "nead", " the dough for 10 min", "utes.", "", "\n\n\n\n",
+    "Bake at 220 degrees", " until golden.", " <|eot_id|>", " Enjoy", " your bread", "!",
+]
+
+HEADS = [
+    ("llama", "llama3", "residual_mean", [0, 2]),
+    ("llama", "llama3", "residual_mean", [1, DEPTH - 1]),  # the last layer reads last_hidden_state
+    ("llama", "llama3", "mlp_mean", [0, DEPTH - 1]),
+    ("qwen3", "qwen3", "residual_mean", [0, 1, 2, DEPTH - 1]),
+    ("qwen3", "qwen3", "mlp_mean", [1, 2]),
+]
+
+
+def ensemble_for(write_head, write_config, model, backbone, name="m", **head_options):
+    head = write_head(model, name=f"head-{name}", **head_options)
+    return Ensemble.from_config(write_config({"members": [{"name": name, "backbone": backbone, "head": str(head)}]}, name=f"{name}.yaml"))
+
+
+def assert_stream_matches_rescoring(ensemble, prompt, chunks, stream_kwargs=None):
+    response = ""
+    with ensemble.stream(prompt, **(stream_kwargs or {})) as stream:
+        for index, chunk in enumerate(chunks):
+            response += chunk
+            streamed = stream.feed(chunk)
+            rescored = ensemble.score(prompt=prompt, response=response) if (prompt or response) else ensemble.score("")
+            assert streamed.score == pytest.approx(rescored.score, abs=1e-5), f"after chunk {index} ({chunk!r})"
+            for name, value in rescored.members.items():
+                assert streamed.members[name] == pytest.approx(value, abs=1e-5), f"member {name}, chunk {index}"
+            assert streamed.truncated == rescored.truncated
+    return stream
+
+
+@pytest.mark.parametrize("architecture,backbone,pooling,layers", HEADS)
+def test_stream_equals_rescoring_after_every_chunk(tiny_models, write_head, write_config, architecture, backbone, pooling, layers):
+    ensemble = ensemble_for(write_head, write_config, tiny_models[architecture], backbone, layers=layers, pooling=pooling)
+    scores = [ensemble.score(prompt=PROMPT, response="".join(CHUNKS[:n])).score for n in (1, 10, len(CHUNKS))]
+    assert len({round(score, 6) for score in scores}) > 1, "scores should move as the response grows"
+    stream = assert_stream_matches_rescoring(ensemble, PROMPT, CHUNKS)
+    assert stream.incremental == {"m": True}
+
+
+def test_without_prompt_and_from_an_empty_start(tiny_models, write_head, write_config):
+    ensemble = ensemble_for(write_head, write_config, tiny_models["llama"], "llama3", layers=[1, 2])
+    assert_stream_matches_rescoring(ensemble, None, ["", " ", "Hel", "lo", " wor", "ld"])
+
+
+def test_each_chunk_costs_only_its_new_tokens(tiny_models, write_head, write_config):
+    ensemble = ensemble_for(write_head, write_config, tiny_models["llama"], "llama3", layers=[0, 2])
+    chunks = [f" word{index} and more" for index in range(40)]
+    with ensemble.stream("A prompt.") as stream:
+        for chunk in chunks:
+            stream.feed(chunk)
+        pooler = stream._passes[0]._pooler
+        final_length = len(pooler.ids)
+        # A re-encode per chunk would run about chunks x length / 2 tokens; rollbacks at the
+        # boundary add at most a few tokens per chunk.
+        assert final_length <= pooler.tokens_run <= final_length + 3 * len(chunks)
+
+
+def test_divergence_beyond_the_rollback_window_starts_over_and_stays_exact(tiny_models, write_head, write_config, monkeypatch):
+    monkeypatch.setattr(streaming, "ROLLBACK_POSITIONS", 1)
+    ensemble = ensemble_for(write_head, write_config, tiny_models["qwen3"], "qwen3", layers=[0, 3])
+    # A chat marker completed by the next chunk turns several tokens into a single space.
+    assert_stream_matches_rescoring(ensemble, "Hi", ["Hello <|im", "_start", "|> there", "<|eot", "_id|>", " friend"])
+
+
+def test_max_length_scores_the_first_tokens_like_the_reference(tiny_models, write_head, write_config):
+    ensemble = ensemble_for(write_head, write_config, tiny_models["llama"], "llama3", layers=[0, DEPTH - 1], max_length=12)
+    assert_stream_matches_rescoring(ensemble, "Tell me", [" a", " long", " story", " about", " the sea"] + [" and more"] * 6)
+    assert ensemble.score(prompt="Tell me", response=" a long story about the sea and more").truncated
+
+
+def test_several_members_and_backbones_in_one_stream(tiny_models, write_head, write_config):
+    heads = [
+        write_head(tiny_models["llama"], name="a", layers=[0, 2], seed=1),
+        write_head(tiny_models["llama"], name="b", layers=[1, DEPTH - 1], pooling="mlp_mean", seed=2),
+        write_head(tiny_models["llama"], name="c", layers=[1], max_length=10, seed=3),
+        write_head(tiny_models["qwen3"], name="d", layers=[2, 3], seed=4),
+    ]
+    backbones = ["llama3", "llama3", "llama3", "qwen3"]
+    ensemble = Ensemble.from_config(write_config({
+        "members": [{"name": n, "backbone": b, "head": str(h)} for n, b, h in zip("abcd", backbones, heads)],
+        "combiner": {"type": "max"},
+    }))
+    assert_stream_matches_rescoring(ensemble, PROMPT, CHUNKS[:12])
+    assert len(ensemble._passes) == 3
+
+
+def test_encoder_backbones_re_encode_and_say_so(tiny_models, write_head, write_config):
+    ensemble = ensemble_for(write_head, write_config, tiny_models["bert"], "hf", layers=[0, 2])
+    with ensemble.stream("Q") as stream:
+        assert stream.incremental == {"m": False}
+    assert_stream_matches_rescoring(ensemble, "Q", CHUNKS[:8])
+
+
+def test_gpt2_through_the_hf_adapter_streams_incrementally(tiny_models, write_head, write_config):
+    ensemble = ensemble_for(write_head, write_config, tiny_models["gpt2"], "hf", layers=[0, DEPTH - 1])
+    stream = assert_stream_matches_rescoring(ensemble, PROMPT, CHUNKS[:10])
+    assert stream.incremental == {"m": True}
+
+
+def test_closed_streams_refuse_to_be_fed(tiny_models, write_head, write_config):
+    ensemble = ensemble_for(write_head, write_config, tiny_models["llama"], "llama3")
+    with ensemble.stream() as stream:
+        stream.feed("hello")
+    assert stream.closed
+    with pytest.raises(StreamClosedError, match="stream is closed"):
+        stream.feed("more")
+    assert issubclass(StreamClosedError, SirenError)
+    stream.close()  # closing twice is harmless
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda e: e.stream(prompt=3), "prompt: expected a string, got int"),
+    (lambda e: e.stream(threshold=2), "threshold: expected a number between 0 and 1"),
+    (lambda e: e.stream().feed(None), "chunk: expected a string, got NoneType"),
+])
+def test_bad_stream_input_is_a_clear_error(tiny_models, write_head, write_config, call, message):
+    ensemble = ensemble_for(write_head, write_config, tiny_models["llama"], "llama3")
+    with pytest.raises(SirenError, match=message):
+        call(ensemble)
+
+
+def test_a_failing_forward_fails_closed_and_the_next_feed_recovers(tiny_models, write_head, write_config, monkeypatch):
+    ensemble = ensemble_for(write_head, write_config, tiny_models["llama"], "llama3", layers=[0, 2])
+    backbone = ensemble._passes[0].backbone
+    original = backbone.run_hooked
+    with ensemble.stream("Q", threshold=0.999) as stream:
+        stream.feed("first part")
+
+        def broken(*_args, **_kwargs):
+            raise RuntimeError("device lost")
+
+        monkeypatch.setattr(backbone, "run_hooked", broken)
+        failed = stream.feed(" second")
+        assert failed.score == 1.0 and failed.is_harmful and "device lost" in failed.errors["m"]
+        monkeypatch.setattr(backbone, "run_hooked", original)
+        recovered = stream.feed(" third")
+    assert recovered.score == pytest.approx(ensemble.score(prompt="Q", response="first part second third").score, abs=1e-5)
+
+
+def test_score_streaming_still_rescores_the_prefix(tiny_models, write_head, write_config):
+    ensemble = ensemble_for(write_head, write_config, tiny_models["llama"], "llama3")
+    assert ensemble.score_streaming("Sure, here is").score == ensemble.score("Sure, here is").score
+
+
+def test_threshold_is_the_streams(tiny_models, write_head, write_config):
+    ensemble = ensemble_for(write_head, write_config, tiny_models["llama"], "llama3")
+    with ensemble.stream(threshold=0.0) as stream:
+        result = stream.feed("hello")
+    assert result.threshold == 0.0 and result.is_harmful
