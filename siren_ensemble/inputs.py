@@ -63,7 +63,8 @@ def _read_bytes(path: str) -> bytes:
         raise InputError(f"{path}: cannot read ({error.strerror})") from None
 
 
-def _parse_jsonl_line(line: str, number: int, require_label: bool) -> InputRecord:
+def parse_text_object(line: str) -> tuple[dict, bool]:
+    """A JSONL line holding ``text``, or ``prompt`` and/or ``response`` (strings); says whether it is a pair."""
     try:
         item = json.loads(line)
     except json.JSONDecodeError as error:
@@ -77,7 +78,12 @@ def _parse_jsonl_line(line: str, number: int, require_label: bool) -> InputRecor
     for key in ("text", "prompt", "response"):
         if key in item and not isinstance(item[key], str):
             raise InputError(f"`{key}` must be a string, got {type(item[key]).__name__}")
-    text = item["text"] if has_text else join_prompt_response(item.get("prompt"), item.get("response"))
+    return item, has_pair
+
+
+def _parse_jsonl_line(line: str, number: int, require_label: bool) -> InputRecord:
+    item, is_pair = parse_text_object(line)
+    text = join_prompt_response(item.get("prompt"), item.get("response")) if is_pair else item["text"]
     label = parse_label(item.get("label")) if require_label else None
     return InputRecord(text=text, line=number, id=item.get("id"), label=label)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 from ..errors import InputError
-from ..inputs import parse_label
+from ..inputs import parse_label, parse_text_object
 from ..text import join_prompt_response
 
 SPLITS = ("train", "validation", "test")
@@ -77,20 +77,11 @@ def read_dataset(path: str | Path, split: str = "test") -> list[SafetyRecord]:
 
 def _parse(line: str, where: str) -> SafetyRecord:
     try:
-        item = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise InputError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
-    if not isinstance(item, dict):
-        raise InputError(f"{where}: expected a JSON object")
-    try:
+        item, is_pair = parse_text_object(line)
         label = parse_label(item.get("label"))
     except InputError as error:
         raise InputError(f"{where}: {error}") from None
-    has_text = isinstance(item.get("text"), str)
-    has_pair = isinstance(item.get("prompt"), str) or isinstance(item.get("response"), str)
-    if has_text == has_pair:
-        raise InputError(f"{where}: needs a string `text`, or `prompt`/`response`")
-    level = item.get("level", "response" if has_pair else "prompt")
+    level = item.get("level", "response" if is_pair else "prompt")
     if level not in ("prompt", "response"):
         raise InputError(f"{where}: `level` must be prompt or response, got {level!r}")
     return SafetyRecord(

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..head import MLPSpec, SirenMLP
 
-WIDTHS = (32, 64, 128, 256, 512)
+WIDTHS = (32, 64, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class MLPParams:
     dropout_rates: tuple[float, ...]
     learning_rate: float
     weight_decay: float
-    epochs: int = 40
+    epochs: int = 30
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,8 +44,8 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class FitOptions:
-    batch_size: int = 128
-    patience: int = 5
+    batch_size: int = 256
+    patience: int = 4
     seed: int = 0
 
 
