@@ -65,12 +65,21 @@ class BatchingConfig(_Strict):
     max_texts: int = Field(64, ge=1)
 
 
+class SlidingWindowConfig(_Strict):
+    """Opt-in: score a text longer than a head's max_length by windows; its score is the max over them."""
+
+    #: Tokens between the starts of consecutive windows; default half a window (windows overlap by half).
+    stride: int | None = Field(None, ge=1)
+
+
 class EnsembleConfig(_Strict):
     members: list[MemberConfig] = Field(min_length=1)
     combiner: CombinerConfig = CombinerConfig()
     threshold: float | None = Field(None, ge=0, le=1)
     on_member_error: Literal["fail_closed", "fail_open", "raise"] = "fail_closed"
     batching: BatchingConfig = BatchingConfig()
+    #: Unset (the default): a long text is truncated to the head's max_length, as llm-siren does.
+    sliding_window: SlidingWindowConfig | None = None
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="config")

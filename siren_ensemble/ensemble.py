@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 
 from .backbones.base import BackboneSpec
 from .combiners import Combiner
-from .config import EnsembleConfig, load_config
-from .encoding import plan_batches
-from .errors import InputError, MemberError, SirenError
+from .config import EnsembleConfig, SlidingWindowConfig, load_config
+from .encoding import SpecialTokenLayout, encode_windows, plan_batches
+from .errors import ConfigError, InputError, MemberError, SirenError
 from .extraction import LoadedBackbone, union_of
 from .members import MemberPlan, validate_plan
 from .streaming import EnsembleStream, PassStream
@@ -54,6 +54,15 @@ class _SharedPass:
     member_positions: tuple[int, ...]
     #: Every (pooling, layer) the members' heads read: what each forward pass must pool.
     wanted: frozenset[tuple[str, int]]
+    #: Tokens between sliding windows over a long text; None: truncate to max_length.
+    window_stride: int | None = None
+
+    def encode(self, cleaned: list[str]) -> list[tuple[list[list[int]], bool]]:
+        """Per text, the token ids of each window to score, and whether the text was cut."""
+        if self.window_stride is None:
+            return [([item.ids], item.truncated) for item in self.backbone.encode(cleaned, self.max_length)]
+        windows = encode_windows(self.backbone.tokenizer, cleaned, self.max_length, self.window_stride)
+        return [(text_windows, False) for text_windows in windows]
 
 
 @dataclass
@@ -74,7 +83,7 @@ class Ensemble:
         self.threshold = config.threshold if config.threshold is not None else (
             implied if implied is not None else DEFAULT_THRESHOLD
         )
-        self._passes = _group_passes(plans, backbones)
+        self._passes = _group_passes(plans, backbones, config.sliding_window)
         self._lock = threading.Lock()
         for plan in plans:
             plan.head.to(backbones[plan.spec].input_device)
@@ -149,13 +158,15 @@ class Ensemble:
         truncated = np.zeros(len(texts), dtype=bool)
         errors: list[dict[str, str]] = [{} for _ in texts]
         work = []
+        batching = self.config.batching
         for shared in self._passes:
-            encoded = shared.backbone.encode(cleaned, shared.max_length)
-            truncated |= np.array([item.truncated for item in encoded])
-            lengths = [len(item.ids) for item in encoded]
-            batching = self.config.batching
-            for batch in plan_batches(lengths, batching.max_tokens, batching.max_texts):
-                work.append((shared, batch, [encoded[i].ids for i in batch]))
+            encoded = shared.encode(cleaned)
+            truncated |= np.array([cut for _, cut in encoded])
+            # One row per window; a text that fits (or is truncated) is a single window.
+            rows = [row for row, (windows, _) in enumerate(encoded) for _ in windows]
+            sequences = [ids for windows, _ in encoded for ids in windows]
+            for batch in plan_batches([len(ids) for ids in sequences], batching.max_tokens, batching.max_texts):
+                work.append((shared, [rows[i] for i in batch], [sequences[i] for i in batch]))
         with self._lock:
             for shared, batch, sequences in tqdm(work, desc="scoring", unit="batch", disable=not progress, leave=False):
                 self._run_pass(shared, batch, sequences, scores, errors)
@@ -166,16 +177,23 @@ class Ensemble:
         scores = np.full((1, len(self.plans)), np.nan)
         truncated = np.zeros(1, dtype=bool)
         errors: list[dict[str, str]] = [{}]
+        batching = self.config.batching
         with self._lock:
             for stream in streams:
+                shared = stream.shared
+                [(windows, truncated_here)] = shared.encode([cleaned])
+                truncated[0] |= truncated_here
+                if len(windows) > 1:  # sliding windows over a long text: each window is scored afresh
+                    for batch in plan_batches([len(ids) for ids in windows], batching.max_tokens, batching.max_texts):
+                        self._run_pass(shared, [0] * len(batch), [windows[i] for i in batch], scores, errors)
+                    continue
                 try:
-                    pooled, cut = stream.pooled(cleaned)
+                    pooled = stream.pooled(windows[0])
                 except Exception as error:  # fail closed; the next feed starts this pass over
                     stream.reset()
-                    self._record_forward_failure(stream.shared, [0], error, errors)
+                    self._record_forward_failure(shared, [0], error, errors)
                     continue
-                truncated[0] |= cut
-                self._score_heads(stream.shared, [0], pooled, scores, errors)
+                self._score_heads(shared, [0], pooled, scores, errors)
         return self._combine(_MemberScores(scores, truncated, errors), threshold)[0]
 
     def _run_pass(self, shared: _SharedPass, batch: list[int], sequences, scores: np.ndarray, errors) -> None:
@@ -202,7 +220,8 @@ class Ensemble:
                 continue
             for row, value in zip(batch, values):
                 if math.isfinite(value):
-                    scores[row, position] = value
+                    # A text scored by several windows keeps its highest window's score.
+                    scores[row, position] = np.fmax(scores[row, position], value)
                 else:
                     errors[row][plan.name] = f"non-finite score ({value})"
 
@@ -232,14 +251,39 @@ class Ensemble:
         return results
 
 
-def _group_passes(plans: list[MemberPlan], backbones: dict[BackboneSpec, LoadedBackbone]) -> list[_SharedPass]:
+def _group_passes(plans: list[MemberPlan], backbones: dict[BackboneSpec, LoadedBackbone],
+                  sliding_window: SlidingWindowConfig | None) -> list[_SharedPass]:
     groups: dict[tuple[BackboneSpec, int], list[int]] = {}
     for position, plan in enumerate(plans):
         groups.setdefault((plan.spec, plan.head.max_length), []).append(position)
     return [
-        _SharedPass(backbones[spec], max_length, tuple(positions), frozenset(union_of(plans[p].head.request for p in positions)))
+        _SharedPass(
+            backbones[spec], max_length, tuple(positions), frozenset(union_of(plans[p].head.request for p in positions)),
+            _window_stride(sliding_window, backbones[spec], max_length, plans[positions[0]]),
+        )
         for (spec, max_length), positions in groups.items()
     ]
+
+
+def _window_stride(sliding_window: SlidingWindowConfig | None, backbone: LoadedBackbone, max_length: int,
+                   plan: MemberPlan) -> int | None:
+    if sliding_window is None:
+        return None
+    layout = SpecialTokenLayout.of(backbone.tokenizer)
+    window = max_length - layout.total
+    if window < 1:
+        raise ConfigError(
+            f"sliding_window: {plan.where} ({plan.name!r}): its head's max_length {max_length} leaves no room "
+            f"for text beside {layout.total} special tokens"
+        )
+    stride = sliding_window.stride or max(window // 2, 1)
+    if stride > window:
+        raise ConfigError(
+            f"sliding_window.stride: {stride} would skip tokens between windows of {plan.where} ({plan.name!r}), "
+            f"which hold {window} text tokens (head max_length {max_length} minus {layout.total} special); "
+            f"use a stride of at most {window}"
+        )
+    return stride
 
 
 def _record_failure(errors: list[dict[str, str]], batch: list[int], member: str, message: str) -> None:

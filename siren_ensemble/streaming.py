@@ -14,6 +14,9 @@ every pooled layer, so a chunk costs a forward pass over its own tokens only:
   (as the reference, a stream scores the first ``max_length`` tokens), plus a few vectors per
   pooled layer. ``close()`` releases it.
 
+With ``sliding_window`` configured, a text grown past a head's ``max_length`` is scored by
+windows, each afresh (the first window is the stream's cached prefix, but the others are not).
+
 Backbones whose states depend on later tokens (encoders such as BERT) cannot reuse earlier
 work: their passes re-encode the whole text on every feed; ``EnsembleStream.incremental`` says
 which members stream incrementally.
@@ -99,15 +102,14 @@ class PassStream:
         self.incremental = shared.backbone.streams_incrementally
         self._pooler: IncrementalPooler | None = None
 
-    def pooled(self, cleaned_text: str) -> tuple[PooledStates, bool]:
-        """Pooled states of ``cleaned_text`` (one row), and whether it was cut to ``max_length``."""
+    def pooled(self, ids: list[int]) -> PooledStates:
+        """Pooled states (one row) of ``ids``: the stream's whole text, as this pass encodes it."""
         backbone = self.shared.backbone
-        encoded = backbone.encode([cleaned_text], self.shared.max_length)[0]
         if not self.incremental:
-            return backbone.pooled_states([encoded.ids], self.shared.wanted), encoded.truncated
+            return backbone.pooled_states([ids], self.shared.wanted)
         if self._pooler is None:
             self._pooler = IncrementalPooler(backbone, self.shared.wanted)
-        return self._pooler.advance(encoded.ids), encoded.truncated
+        return self._pooler.advance(ids)
 
     def reset(self) -> None:
         self._pooler = None

@@ -1,0 +1,98 @@
+"""Throughput and roofline: ours vs llm-siren's SirenGuard on SmolLM2-135M, same weights, head, texts and dtype.
+
+Prints real tokens/s for batch sizes 1, 8 and 32, their ratio, the max |score difference|, and
+the achieved backbone FLOP/s over a bf16/fp32 matmul peak measured in the same run.
+
+    .venv/bin/python bench/throughput.py [--texts 24] [--dtypes float32,bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+BATCH_SIZES = (1, 8, 32)
+
+
+def score_in_batches(score_batch, texts: list[str], batch_size: int) -> list[float]:
+    scores = []
+    for start in range(0, len(texts), batch_size):
+        scores += [result.score for result in score_batch(texts[start:start + batch_size])]
+    return scores
+
+
+def run(workdir: Path, text_count: int = 24, dtypes=("float32", "bfloat16"), repeats: int = 2) -> list[common.Table]:
+    model = common.safetensors_copy(workdir)
+    heads = {
+        "all 30 layers": common.write_head(workdir / "head-all", common.ALL_LAYERS),
+        "layers 10,12,14": common.write_head(workdir / "head-mid", common.MIDDLE_LAYERS, seed=1),
+    }
+    throughput, roofline = [], []
+    for dtype in dtypes:
+        peak = common.matmul_peak(common.DTYPES[dtype])
+        for head_name, head in heads.items():
+            ours = common.ensemble_for(model, [head], dtype, batching={"max_tokens": 16384, "max_texts": 64})
+            backbone = ours._passes[0].backbone
+            texts = common.mixed_texts(backbone.tokenizer, text_count)
+            tokens = common.token_count(backbone.tokenizer, texts)
+            lengths = [len(item.ids) for item in backbone.encode([t for t in texts], 2048)]
+            theirs = common.siren_guard_for(model, head, dtype)
+            sizes = BATCH_SIZES if head_name.startswith("all") else BATCH_SIZES[-1:]
+            for batch_size in sizes:
+                our_scores = score_in_batches(ours.score_batch, texts, batch_size)  # warm-up and scores
+                their_scores = score_in_batches(theirs.score_batch, texts, batch_size)
+                times = common.interleaved_best_times({
+                    "ours": lambda: score_in_batches(ours.score_batch, texts, batch_size),
+                    "theirs": lambda: score_in_batches(theirs.score_batch, texts, batch_size),
+                }, repeats)
+                our_time, their_time = times["ours"], times["theirs"]
+                difference = max(abs(a - b) for a, b in zip(our_scores, their_scores))
+                throughput.append([
+                    dtype, head_name, str(batch_size), f"{tokens / our_time:.0f}", f"{tokens / their_time:.0f}",
+                    f"{their_time / our_time:.2f}x", f"{difference:.1e}",
+                ])
+                print(" | ".join(throughput[-1]), flush=True)
+            deepest = max(ours.plans[0].head.request.layers) + 1
+            flops = common.backbone_flops(lengths, deepest, backbone.model.config)
+            achieved = flops / our_time  # the last (largest) batch size measured above
+            roofline.append([dtype, head_name, f"{achieved / 1e9:.0f}", f"{peak / 1e9:.0f}", f"{achieved / peak:.0%}"])
+            print(" | ".join(roofline[-1]), flush=True)
+            del ours, theirs
+            gc.collect()
+    return [
+        common.Table(
+            f"Throughput vs llm-siren SirenGuard ({text_count} texts, {tokens} real tokens, lengths 8-256 tokens)",
+            ["dtype", "head", "batch", "ours tok/s", "llm-siren tok/s", "speed-up", "max abs score diff"],
+            throughput,
+        ),
+        common.Table(
+            "Roofline at batch 32 (useful backbone FLOPs of real tokens, blocks up to the deepest read layer)",
+            ["dtype", "head", "achieved GFLOP/s", "matmul peak GFLOP/s", "share of peak"],
+            roofline,
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=24)
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=None, help="keeps the safetensors copy between runs")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as temporary:
+        workdir = args.workdir or Path(temporary)
+        workdir.mkdir(parents=True, exist_ok=True)
+        for table in run(workdir, args.texts, tuple(args.dtypes.split(",")), args.repeats):
+            print(table.markdown())
+
+
+if __name__ == "__main__":
+    main()
