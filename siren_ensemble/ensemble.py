@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -167,9 +168,21 @@ class Ensemble:
             sequences = [ids for windows, _ in encoded for ids in windows]
             for batch in plan_batches([len(ids) for ids in sequences], batching.max_tokens, batching.max_texts):
                 work.append((shared, [rows[i] for i in batch], [sequences[i] for i in batch]))
-        with self._lock:
-            for shared, batch, sequences in tqdm(work, desc="scoring", unit="batch", disable=not progress, leave=False):
-                self._run_pass(shared, batch, sequences, scores, errors)
+        with self._lock, tqdm(total=len(work), desc="scoring", unit="batch", disable=not progress, leave=False) as bar:
+            def run_all(device_work):
+                for shared, batch, sequences in device_work:
+                    self._run_pass(shared, batch, sequences, scores, errors)  # each member writes its own column
+                    bar.update()
+
+            by_device: dict[str, list] = {}
+            for item in work:
+                by_device.setdefault(_device_key(item[0]), []).append(item)
+            if len(by_device) == 1:
+                run_all(work)
+            else:  # members on different devices run side by side, one thread per device
+                with ThreadPoolExecutor(max_workers=len(by_device), thread_name_prefix="siren-device") as pool:
+                    for future in [pool.submit(run_all, device_work) for device_work in by_device.values()]:
+                        future.result()
         return _MemberScores(scores, truncated, errors)
 
     def _score_stream(self, text: str, streams: list[PassStream], threshold: float) -> EnsembleResult:
@@ -284,6 +297,11 @@ def _window_stride(sliding_window: SlidingWindowConfig | None, backbone: LoadedB
             f"use a stride of at most {window}"
         )
     return stride
+
+
+def _device_key(shared: _SharedPass) -> str:
+    """Passes with the same key share a device and run one after another."""
+    return str(shared.backbone.input_device)
 
 
 def _record_failure(errors: list[dict[str, str]], batch: list[int], member: str, message: str) -> None:
