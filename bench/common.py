@@ -7,16 +7,19 @@ through the ensemble config, llm-siren's ``SirenGuard`` as the causal LM it expe
 
 from __future__ import annotations
 
+import argparse
 import gc
 import importlib.util
 import json
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import save_model
+from safetensors.torch import save_file
 
 from siren_ensemble import Ensemble
 from siren_ensemble.config import EnsembleConfig
@@ -58,23 +61,61 @@ def safetensors_copy(workdir: Path) -> Path:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.config.save_pretrained(target)
-        save_model(model, str(target / "model.safetensors"))
+        state = model.state_dict()
+        if getattr(model.config, "tie_word_embeddings", False):
+            del state["lm_head.weight"]  # tied: re-created from the embeddings on load
+        save_file({key: tensor.contiguous() for key, tensor in state.items()}, str(target / "model.safetensors"))
         tokenizer.save_pretrained(target)
     del model
     gc.collect()
     return target
 
 
-def write_head(directory: Path, layers: list[int], max_length: int = 2048, seed: int = 0) -> Path:
-    """A random head on SmolLM2's width; scale keeps scores away from 0 and 1 so differences show."""
-    return random_head(
-        "smollm2-local", layers=layers, hidden_size=HIDDEN, neurons_per_layer=32, max_length=max_length,
-        seed=seed, scale=0.05,
-    ).save(directory)
+def set_threads(threads: int | None) -> None:
+    """Pin torch's intra-op threads (and any subprocess's): on a CPU shared with other work, one
+    thread per process avoids threads waiting on each other at every parallel region."""
+    if threads:
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def write_head(directory: Path, layers: list[int], model: Path, max_length: int = 2048, seed: int = 0) -> Path:
+    """A random head whose MLP input is standardised on SmolLM2's features, so its scores spread.
+
+    A plain random head reads SmolLM2's large, nearly constant activations and scores every text
+    alike, which would hide score differences; folding each feature's mean and spread (over a
+    fixed calibration set) into the first linear layer keeps the head random but text-dependent.
+    """
+    if (directory / "siren_config.json").is_file():
+        return directory
+    head = random_head("smollm2-local", layers=layers, hidden_size=HIDDEN, neurons_per_layer=32,
+                       max_length=max_length, seed=seed, scale=2.0)
+    head.save(directory)
+    probe = ensemble_for(model, [directory], "float32")
+    shared = probe._passes[0]
+    texts = mixed_texts(shared.backbone.tokenizer, 16, longest=128, seed=99)
+    sequences = [item.ids for item in shared.backbone.encode(texts, max_length)]
+    with torch.inference_mode():
+        features = head.features({layer: shared.backbone.pooled_states(sequences, shared.wanted)[(head.config.pooling, layer)]
+                                  for layer in head.config.layers})
+        mean, spread = features.mean(dim=0), features.std(dim=0).clamp(min=1e-6)
+        first = head.mlp.network[0]
+        first.weight.div_(spread)
+        first.bias.sub_(first.weight @ mean)
+    return head.save(directory)
 
 
 ALL_LAYERS = list(range(DEPTH))
 MIDDLE_LAYERS = [10, 12, 14]
+HEAD_LAYERS = {"all 30 layers": ALL_LAYERS, "layers 10,12,14": MIDDLE_LAYERS, "layers 5,20": [5, 20]}
+
+
+def heads(workdir: Path, model: Path) -> dict[str, Path]:
+    """The benchmarks' three heads (written once per workdir): all layers, middle layers, two layers."""
+    return {
+        name: write_head(workdir / f"head-{index}", layers, model, seed=index)
+        for index, (name, layers) in enumerate(HEAD_LAYERS.items())
+    }
 
 
 def ensemble_for(model: Path, heads: list[Path], dtype: str, names: list[str] | None = None,
@@ -182,3 +223,19 @@ class Table:
         lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
         return "\n".join(lines) + "\n"
+
+
+def bench_main(doc: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+               run: Callable[[Path, argparse.Namespace], list[str]]) -> None:
+    """The command line every bench script shares: --workdir, --threads, then its own options."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=None, help="keeps the safetensors copy between runs")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_arguments(parser)
+    args = parser.parse_args()
+    set_threads(args.threads)
+    with tempfile.TemporaryDirectory() as temporary:
+        workdir = args.workdir or Path(temporary)
+        workdir.mkdir(parents=True, exist_ok=True)
+        for section in run(workdir, args):
+            print(section)

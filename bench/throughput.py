@@ -8,10 +8,8 @@ the achieved backbone FLOP/s over a bf16/fp32 matmul peak measured in the same r
 
 from __future__ import annotations
 
-import argparse
 import gc
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,10 +28,7 @@ def score_in_batches(score_batch, texts: list[str], batch_size: int) -> list[flo
 
 def run(workdir: Path, text_count: int = 24, dtypes=("float32", "bfloat16"), repeats: int = 2) -> list[common.Table]:
     model = common.safetensors_copy(workdir)
-    heads = {
-        "all 30 layers": common.write_head(workdir / "head-all", common.ALL_LAYERS),
-        "layers 10,12,14": common.write_head(workdir / "head-mid", common.MIDDLE_LAYERS, seed=1),
-    }
+    heads = dict(list(common.heads(workdir, model).items())[:2])
     throughput, roofline = [], []
     for dtype in dtypes:
         peak = common.matmul_peak(common.DTYPES[dtype])
@@ -81,17 +76,11 @@ def run(workdir: Path, text_count: int = 24, dtypes=("float32", "bfloat16"), rep
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--texts", type=int, default=24)
-    parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--workdir", type=Path, default=None, help="keeps the safetensors copy between runs")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as temporary:
-        workdir = args.workdir or Path(temporary)
-        workdir.mkdir(parents=True, exist_ok=True)
-        for table in run(workdir, args.texts, tuple(args.dtypes.split(",")), args.repeats):
-            print(table.markdown())
+    def add_arguments(parser):
+        parser.add_argument("--texts", type=int, default=24)
+        parser.add_argument("--dtypes", default="float32,bfloat16")
+        parser.add_argument("--repeats", type=int, default=2)
+    common.bench_main(__doc__, add_arguments, lambda workdir, args: [t.markdown() for t in run(workdir, args.texts, tuple(args.dtypes.split(",")), args.repeats)])
 
 
 if __name__ == "__main__":
