@@ -282,7 +282,10 @@ def _window_stride(sliding_window: SlidingWindowConfig | None, backbone: LoadedB
                    plan: MemberPlan) -> int | None:
     if sliding_window is None:
         return None
-    layout = SpecialTokenLayout.of(backbone.tokenizer)
+    try:
+        layout = SpecialTokenLayout.of(backbone.tokenizer)
+    except ValueError as error:
+        raise ConfigError(f"sliding_window: cannot cut windows for {plan.where} ({plan.name!r}): {error}") from None
     window = max_length - layout.total
     if window < 1:
         raise ConfigError(
