@@ -63,6 +63,8 @@ class BatchingConfig(_Strict):
     #: Padded tokens (texts x longest text) per forward pass.
     max_tokens: int = Field(8192, ge=1)
     max_texts: int = Field(64, ge=1)
+    #: Share of a batch's padded tokens that may be padding before a shorter text starts a new batch.
+    max_padding: float = Field(0.25, ge=0, le=1)
 
 
 class SlidingWindowConfig(_Strict):

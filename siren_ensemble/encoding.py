@@ -47,21 +47,28 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str, device
     return input_ids.to(device), attention_mask.to(device)
 
 
-def plan_batches(lengths: Sequence[int], max_tokens: int, max_texts: int) -> list[list[int]]:
+def plan_batches(lengths: Sequence[int], max_tokens: int, max_texts: int, max_padding: float = 1.0) -> list[list[int]]:
     """Group text positions into batches of similar length.
 
     Longest first, so a batch's padded size (texts x longest) stays under ``max_tokens``; a single
-    text longer than that still gets a batch of its own. Callers restore input order by position.
+    text longer than that still gets a batch of its own. A batch also closes before its padding
+    (padded minus real tokens, over padded) would pass ``max_padding``: padded tokens cost as much
+    as real ones. Callers restore input order by position.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
+    real = 0
     for position in order:
         longest = lengths[current[0]] if current else lengths[position]
-        if current and (len(current) + 1 > max_texts or (len(current) + 1) * longest > max_tokens):
+        padded = (len(current) + 1) * longest
+        if current and (
+            len(current) + 1 > max_texts or padded > max_tokens or 1 - (real + lengths[position]) / padded > max_padding
+        ):
             batches.append(current)
-            current = []
+            current, real = [], 0
         current.append(position)
+        real += lengths[position]
     if current:
         batches.append(current)
     return batches

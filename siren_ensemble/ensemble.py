@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .backbones.base import BackboneSpec
 from .combiners import Combiner
-from .config import EnsembleConfig, SlidingWindowConfig, load_config
+from .config import BatchingConfig, EnsembleConfig, SlidingWindowConfig, load_config
 from .encoding import SpecialTokenLayout, encode_windows, plan_batches
 from .errors import ConfigError, InputError, MemberError, SirenError
 from .extraction import LoadedBackbone, union_of
@@ -166,7 +166,7 @@ class Ensemble:
             # One row per window; a text that fits (or is truncated) is a single window.
             rows = [row for row, (windows, _) in enumerate(encoded) for _ in windows]
             sequences = [ids for windows, _ in encoded for ids in windows]
-            for batch in plan_batches([len(ids) for ids in sequences], batching.max_tokens, batching.max_texts):
+            for batch in _plan(batching, [len(ids) for ids in sequences]):
                 work.append((shared, [rows[i] for i in batch], [sequences[i] for i in batch]))
         with self._lock, tqdm(total=len(work), desc="scoring", unit="batch", disable=not progress, leave=False) as bar:
             def run_all(device_work):
@@ -197,7 +197,7 @@ class Ensemble:
                 [(windows, truncated_here)] = shared.encode([cleaned])
                 truncated[0] |= truncated_here
                 if len(windows) > 1:  # sliding windows over a long text: each window is scored afresh
-                    for batch in plan_batches([len(ids) for ids in windows], batching.max_tokens, batching.max_texts):
+                    for batch in _plan(batching, [len(ids) for ids in windows]):
                         self._run_pass(shared, [0] * len(batch), [windows[i] for i in batch], scores, errors)
                     continue
                 try:
@@ -300,6 +300,10 @@ def _window_stride(sliding_window: SlidingWindowConfig | None, backbone: LoadedB
             f"use a stride of at most {window}"
         )
     return stride
+
+
+def _plan(batching: BatchingConfig, lengths: list[int]) -> list[list[int]]:
+    return plan_batches(lengths, batching.max_tokens, batching.max_texts, batching.max_padding)
 
 
 def _device_key(shared: _SharedPass) -> str:
