@@ -1,6 +1,6 @@
 """Peak RSS per member and cold start (loading from the local safetensors copy, then a first score).
 
-Each setup runs in a fresh Python process; "per member" subtracts the peak RSS of a process that
+Each setup runs in a fresh Python process (Linux: peak RSS is read from /proc/self/status); "per member" subtracts the peak RSS of a process that
 only imports the package. The OS file cache is warm (the copy was just written or read), so cold
 start here is the load and set-up cost, not the disk.
 
@@ -20,7 +20,7 @@ import common  # noqa: E402
 from ensemble_overhead import backbone_copies  # noqa: E402
 
 PROBE = """
-import json, resource, sys, time
+import json, sys, time
 start = time.perf_counter()
 from siren_ensemble import Ensemble
 from siren_ensemble.config import EnsembleConfig
@@ -33,7 +33,9 @@ if config:
     start = time.perf_counter()
     ensemble.score_batch(texts)
     report["first_score_s"] = time.perf_counter() - start
-report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
+high_water = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+report["peak_rss_mib"] = int(high_water.split()[1]) / 1024
 print(json.dumps(report))
 """
 

@@ -66,7 +66,7 @@ def main() -> None:
         if "memory" in parts:
             sections += [t.markdown() for t in memory.run(workdir)]
         if "profile" in parts:
-            sections.append(profile_ours.run(workdir, text_count=8 if quick else 16))
+            sections += profile_ours.run(workdir, text_count=8 if quick else 16)
         sections.append(f"Total bench time: {time.perf_counter() - started:.0f} s\n")
     report = "\n".join(sections)
     print(report)

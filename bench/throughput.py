@@ -3,7 +3,7 @@
 Prints real tokens/s for batch sizes 1, 8 and 32, their ratio, the max |score difference|, and
 the achieved backbone FLOP/s over a bf16/fp32 matmul peak measured in the same run.
 
-    .venv/bin/python bench/throughput.py [--texts 24] [--dtypes float32,bfloat16]
+    .venv/bin/python bench/throughput.py [--texts 16] [--dtypes float32,bfloat16] [--batch-sizes 1,8,32]
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ def score_in_batches(score_batch, texts: list[str], batch_size: int) -> list[flo
     return scores
 
 
-def run(workdir: Path, text_count: int = 24, dtypes=("float32", "bfloat16"), repeats: int = 2) -> list[common.Table]:
+def run(workdir: Path, text_count: int = 16, dtypes=("float32", "bfloat16"), repeats: int = 2,
+        batch_sizes=BATCH_SIZES) -> list[common.Table]:
     model = common.safetensors_copy(workdir)
     heads = dict(list(common.heads(workdir, model).items())[:2])
     throughput, roofline = [], []
@@ -39,7 +40,7 @@ def run(workdir: Path, text_count: int = 24, dtypes=("float32", "bfloat16"), rep
             tokens = common.token_count(backbone.tokenizer, texts)
             lengths = [len(item.ids) for item in backbone.encode([t for t in texts], 2048)]
             theirs = common.siren_guard_for(model, head, dtype)
-            sizes = BATCH_SIZES if head_name.startswith("all") else BATCH_SIZES[-1:]
+            sizes = batch_sizes if head_name.startswith("all") else batch_sizes[-1:]
             for batch_size in sizes:
                 our_scores = score_in_batches(ours.score_batch, texts, batch_size)  # warm-up and scores
                 their_scores = score_in_batches(theirs.score_batch, texts, batch_size)
@@ -68,7 +69,7 @@ def run(workdir: Path, text_count: int = 24, dtypes=("float32", "bfloat16"), rep
             throughput,
         ),
         common.Table(
-            "Roofline at batch 32 (useful backbone FLOPs of real tokens, blocks up to the deepest read layer)",
+            f"Roofline at batch {batch_sizes[-1]} (useful backbone FLOPs of real tokens, blocks up to the deepest read layer)",
             ["dtype", "head", "achieved GFLOP/s", "matmul peak GFLOP/s", "share of peak"],
             roofline,
         ),
@@ -77,10 +78,16 @@ def run(workdir: Path, text_count: int = 24, dtypes=("float32", "bfloat16"), rep
 
 def main() -> None:
     def add_arguments(parser):
-        parser.add_argument("--texts", type=int, default=24)
+        parser.add_argument("--texts", type=int, default=16)
+        parser.add_argument("--batch-sizes", default="1,8,32")
         parser.add_argument("--dtypes", default="float32,bfloat16")
         parser.add_argument("--repeats", type=int, default=2)
-    common.bench_main(__doc__, add_arguments, lambda workdir, args: [t.markdown() for t in run(workdir, args.texts, tuple(args.dtypes.split(",")), args.repeats)])
+
+    def tables(workdir, args):
+        sizes = tuple(int(size) for size in args.batch_sizes.split(","))
+        return [t.markdown() for t in run(workdir, args.texts, tuple(args.dtypes.split(",")), args.repeats, sizes)]
+
+    common.bench_main(__doc__, add_arguments, tables)
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ class IncrementalPooler:
         drop = len(self.ids) - length
         self._cache.crop(-drop)
         for key in self._sums:
-            self._sums[key] -= self._recent[key][-drop:].sum(dim=0, dtype=torch.float64)
+            self._sums[key] -= self._recent[key][-drop:].sum(dim=0, dtype=self._sums[key].dtype)
             self._recent[key] = self._recent[key][:-drop]
         self.ids = self.ids[:length]
 
@@ -188,11 +188,15 @@ class IncrementalPooler:
             raise
         self.tokens_run += len(new_ids)
         for key, states in gathered.items():
-            added = states.sum(dim=0, dtype=torch.float64)
+            added = states.sum(dim=0, dtype=_sum_dtype(states.device))
             self._sums[key] = self._sums[key] + added if key in self._sums else added
             kept = self._recent.get(key)
             self._recent[key] = (states if kept is None else torch.cat([kept, states]))[-self.keep:]
         self.ids = self.ids + list(new_ids)
+
+
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
 
 def _common_prefix_length(first: list[int], second: list[int]) -> int:
