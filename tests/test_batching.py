@@ -49,3 +49,12 @@ def test_scores_do_not_depend_on_bucketing_or_order(tiny_models, write_head, wri
         assert [reordered[shuffled.index(i)].score for i in range(len(texts))] == pytest.approx(scores[max_padding], abs=1e-6)
     assert scores[0.0] == pytest.approx(scores[1.0], abs=1e-6)
     assert scores[0.25] == pytest.approx(scores[1.0], abs=1e-6)
+
+
+@pytest.mark.parametrize("batching,field", [({"max_padding": 1.5}, "batching.max_padding"), ({"max_padding": -0.1}, "batching.max_padding")])
+def test_bad_batching_values_name_the_field(tiny_models, write_head, write_config, batching, field):
+    from siren_ensemble import ConfigError
+
+    head = write_head(tiny_models["llama"])
+    with pytest.raises(ConfigError, match=field):
+        Ensemble.from_config(write_config({"members": [{"name": "m", "backbone": "llama3", "head": str(head)}], "batching": batching}))
