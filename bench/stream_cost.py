@@ -2,7 +2,8 @@
 
 Ours (``Ensemble.stream``: KV cache and running sums) vs re-encoding the whole prefix after every
 chunk (what llm-siren's ``score_streaming`` does, and our own ``score_streaming``), each relative
-to one full pass over the final text. Re-encoding is timed on every ``--sample``-th prefix and
+to one full pass over the final text (the stream and the full pass alternate, best of two rounds).
+Re-encoding is timed on every ``--sample``-th prefix and
 scaled up by ``--sample`` to keep the run short (said so in the table).
 
     .venv/bin/python bench/stream_cost.py [--tokens 1024] [--chunk 16] [--sample 4]
@@ -27,7 +28,8 @@ def chunks_of(tokenizer, tokens: int, chunk: int) -> list[str]:
     return [tokenizer.decode(ids[start:start + chunk]) for start in range(0, len(ids), chunk)]
 
 
-def run(workdir: Path, tokens: int = 1024, chunk: int = 16, sample: int = 4, dtype: str = "float32") -> list[common.Table]:
+def run(workdir: Path, tokens: int = 1024, chunk: int = 16, sample: int = 4, dtype: str = "float32",
+        repeats: int = 2) -> list[common.Table]:
     model = common.safetensors_copy(workdir)
     head = common.heads(workdir, model)["all 30 layers"]
     ours = common.ensemble_for(model, [head], dtype)
@@ -38,16 +40,19 @@ def run(workdir: Path, tokens: int = 1024, chunk: int = 16, sample: int = 4, dty
     sampled = list(range(sample - 1, len(prefixes), sample))
 
     ours.score(prompt=PROMPT, response=prefixes[0])  # warm-up
-    start = time.perf_counter()
-    full = ours.score(prompt=PROMPT, response=prefixes[-1])
-    full_time = time.perf_counter() - start
+    streamed: list[float] = []
 
-    streamed = []
-    start = time.perf_counter()
-    with ours.stream(PROMPT) as stream:
-        for piece in chunks:
-            streamed.append(stream.feed(piece).score)
-    stream_time = time.perf_counter() - start
+    def stream_all():
+        streamed.clear()
+        with ours.stream(PROMPT) as stream:
+            for piece in chunks:
+                streamed.append(stream.feed(piece).score)
+
+    times = common.interleaved_best_times(
+        {"full": lambda: ours.score(prompt=PROMPT, response=prefixes[-1]), "stream": stream_all}, repeats,
+    )
+    full_time, stream_time = times["full"], times["stream"]
+    full = ours.score(prompt=PROMPT, response=prefixes[-1])
 
     def re_encode(score):
         begin = time.perf_counter()
