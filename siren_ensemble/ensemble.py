@@ -140,7 +140,9 @@ class Ensemble:
     def stream(self, prompt: str | None = None, threshold: float | None = None) -> EnsembleStream:
         """A stream whose ``feed(chunk)`` scores ``score(prompt=prompt, response=<chunks so far>)``."""
         _check_string("prompt", prompt)
-        return EnsembleStream(self, prompt, self._resolve_threshold(threshold))
+        threshold = self._resolve_threshold(threshold)
+        with self._lock:  # the first stream probes each backbone: no other pass's hooks may be in place
+            return EnsembleStream(self, prompt, threshold)
 
     __call__ = score
 
