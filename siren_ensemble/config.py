@@ -63,6 +63,15 @@ class BatchingConfig(_Strict):
     #: Padded tokens (texts x longest text) per forward pass.
     max_tokens: int = Field(8192, ge=1)
     max_texts: int = Field(64, ge=1)
+    #: Share of a batch's padded tokens that may be padding before a shorter text starts a new batch.
+    max_padding: float = Field(0.25, ge=0, le=1)
+
+
+class SlidingWindowConfig(_Strict):
+    """Opt-in: score a text longer than a head's max_length by windows; its score is the max over them."""
+
+    #: Tokens between the starts of consecutive windows; default half a window (windows overlap by half).
+    stride: int | None = Field(None, ge=1)
 
 
 class EnsembleConfig(_Strict):
@@ -73,6 +82,8 @@ class EnsembleConfig(_Strict):
     batching: BatchingConfig = BatchingConfig()
     #: A score calibration JSON (``siren-ensemble calibrate --method``), applied to the combined score.
     calibration: str | None = None
+    #: Unset (the default): a long text is truncated to the head's max_length, as llm-siren does.
+    sliding_window: SlidingWindowConfig | None = None
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="config")

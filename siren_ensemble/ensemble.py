@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -18,9 +19,9 @@ from tqdm.auto import tqdm
 from .backbones.base import BackboneSpec
 from .calibration import Calibration
 from .combiners import Combiner
-from .config import EnsembleConfig, load_config, resolve_path
-from .encoding import plan_batches
-from .errors import InputError, MemberError, SirenError
+from .config import BatchingConfig, EnsembleConfig, SlidingWindowConfig, load_config, resolve_path
+from .encoding import SpecialTokenLayout, encode_windows, plan_batches
+from .errors import ConfigError, InputError, MemberError, SirenError
 from .extraction import LoadedBackbone, union_of
 from .members import MemberPlan, validate_plan
 from .streaming import EnsembleStream, PassStream
@@ -55,6 +56,15 @@ class _SharedPass:
     member_positions: tuple[int, ...]
     #: Every (pooling, layer) the members' heads read: what each forward pass must pool.
     wanted: frozenset[tuple[str, int]]
+    #: Tokens between sliding windows over a long text; None: truncate to max_length.
+    window_stride: int | None = None
+
+    def encode(self, cleaned: list[str]) -> list[tuple[list[list[int]], bool]]:
+        """Per text, the token ids of each window to score, and whether the text was cut."""
+        if self.window_stride is None:
+            return [([item.ids], item.truncated) for item in self.backbone.encode(cleaned, self.max_length)]
+        windows = encode_windows(self.backbone.tokenizer, cleaned, self.max_length, self.window_stride)
+        return [(text_windows, False) for text_windows in windows]
 
 
 @dataclass
@@ -78,7 +88,7 @@ class Ensemble:
         self.calibration = (
             Calibration.load(resolve_path(config.calibration, config.base_dir)) if config.calibration else None
         )
-        self._passes = _group_passes(plans, backbones)
+        self._passes = _group_passes(plans, backbones, config.sliding_window)
         self._lock = threading.Lock()
         for plan in plans:
             plan.head.to(backbones[plan.spec].input_device)
@@ -134,7 +144,9 @@ class Ensemble:
     def stream(self, prompt: str | None = None, threshold: float | None = None) -> EnsembleStream:
         """A stream whose ``feed(chunk)`` scores ``score(prompt=prompt, response=<chunks so far>)``."""
         _check_string("prompt", prompt)
-        return EnsembleStream(self, prompt, self._resolve_threshold(threshold))
+        threshold = self._resolve_threshold(threshold)
+        with self._lock:  # the first stream probes each backbone: no other pass's hooks may be in place
+            return EnsembleStream(self, prompt, threshold)
 
     __call__ = score
 
@@ -153,16 +165,30 @@ class Ensemble:
         truncated = np.zeros(len(texts), dtype=bool)
         errors: list[dict[str, str]] = [{} for _ in texts]
         work = []
+        batching = self.config.batching
         for shared in self._passes:
-            encoded = shared.backbone.encode(cleaned, shared.max_length)
-            truncated |= np.array([item.truncated for item in encoded])
-            lengths = [len(item.ids) for item in encoded]
-            batching = self.config.batching
-            for batch in plan_batches(lengths, batching.max_tokens, batching.max_texts):
-                work.append((shared, batch, [encoded[i].ids for i in batch]))
-        with self._lock:
-            for shared, batch, sequences in tqdm(work, desc="scoring", unit="batch", disable=not progress, leave=False):
-                self._run_pass(shared, batch, sequences, scores, errors)
+            encoded = shared.encode(cleaned)
+            truncated |= np.array([cut for _, cut in encoded])
+            # One row per window; a text that fits (or is truncated) is a single window.
+            rows = [row for row, (windows, _) in enumerate(encoded) for _ in windows]
+            sequences = [ids for windows, _ in encoded for ids in windows]
+            for batch in _plan(batching, [len(ids) for ids in sequences]):
+                work.append((shared, [rows[i] for i in batch], [sequences[i] for i in batch]))
+        with self._lock, tqdm(total=len(work), desc="scoring", unit="batch", disable=not progress, leave=False) as bar:
+            def run_all(device_work):
+                for shared, batch, sequences in device_work:
+                    self._run_pass(shared, batch, sequences, scores, errors)  # each member writes its own column
+                    bar.update()
+
+            by_device: dict[str, list] = {}
+            for item in work:
+                by_device.setdefault(_device_key(item[0]), []).append(item)
+            if len(by_device) == 1:
+                run_all(work)
+            else:  # members on different devices run side by side, one thread per device
+                with ThreadPoolExecutor(max_workers=len(by_device), thread_name_prefix="siren-device") as pool:
+                    for future in [pool.submit(run_all, device_work) for device_work in by_device.values()]:
+                        future.result()
         return _MemberScores(scores, truncated, errors)
 
     def _score_stream(self, text: str, streams: list[PassStream], threshold: float) -> EnsembleResult:
@@ -170,16 +196,23 @@ class Ensemble:
         scores = np.full((1, len(self.plans)), np.nan)
         truncated = np.zeros(1, dtype=bool)
         errors: list[dict[str, str]] = [{}]
+        batching = self.config.batching
         with self._lock:
             for stream in streams:
+                shared = stream.shared
+                [(windows, truncated_here)] = shared.encode([cleaned])
+                truncated[0] |= truncated_here
+                if len(windows) > 1:  # sliding windows over a long text: each window is scored afresh
+                    for batch in _plan(batching, [len(ids) for ids in windows]):
+                        self._run_pass(shared, [0] * len(batch), [windows[i] for i in batch], scores, errors)
+                    continue
                 try:
-                    pooled, cut = stream.pooled(cleaned)
+                    pooled = stream.pooled(windows[0])
                 except Exception as error:  # fail closed; the next feed starts this pass over
                     stream.reset()
-                    self._record_forward_failure(stream.shared, [0], error, errors)
+                    self._record_forward_failure(shared, [0], error, errors)
                     continue
-                truncated[0] |= cut
-                self._score_heads(stream.shared, [0], pooled, scores, errors)
+                self._score_heads(shared, [0], pooled, scores, errors)
         return self._combine(_MemberScores(scores, truncated, errors), threshold)[0]
 
     def _run_pass(self, shared: _SharedPass, batch: list[int], sequences, scores: np.ndarray, errors) -> None:
@@ -206,7 +239,8 @@ class Ensemble:
                 continue
             for row, value in zip(batch, values):
                 if math.isfinite(value):
-                    scores[row, position] = value
+                    # A text scored by several windows keeps its highest window's score.
+                    scores[row, position] = np.fmax(scores[row, position], value)
                 else:
                     errors[row][plan.name] = f"non-finite score ({value})"
 
@@ -238,14 +272,51 @@ class Ensemble:
         return results
 
 
-def _group_passes(plans: list[MemberPlan], backbones: dict[BackboneSpec, LoadedBackbone]) -> list[_SharedPass]:
+def _group_passes(plans: list[MemberPlan], backbones: dict[BackboneSpec, LoadedBackbone],
+                  sliding_window: SlidingWindowConfig | None) -> list[_SharedPass]:
     groups: dict[tuple[BackboneSpec, int], list[int]] = {}
     for position, plan in enumerate(plans):
         groups.setdefault((plan.spec, plan.head.max_length), []).append(position)
     return [
-        _SharedPass(backbones[spec], max_length, tuple(positions), frozenset(union_of(plans[p].head.request for p in positions)))
+        _SharedPass(
+            backbones[spec], max_length, tuple(positions), frozenset(union_of(plans[p].head.request for p in positions)),
+            _window_stride(sliding_window, backbones[spec], max_length, plans[positions[0]]),
+        )
         for (spec, max_length), positions in groups.items()
     ]
+
+
+def _window_stride(sliding_window: SlidingWindowConfig | None, backbone: LoadedBackbone, max_length: int,
+                   plan: MemberPlan) -> int | None:
+    if sliding_window is None:
+        return None
+    try:
+        layout = SpecialTokenLayout.of(backbone.tokenizer)
+    except ValueError as error:
+        raise ConfigError(f"sliding_window: cannot cut windows for {plan.where} ({plan.name!r}): {error}") from None
+    window = max_length - layout.total
+    if window < 1:
+        raise ConfigError(
+            f"sliding_window: {plan.where} ({plan.name!r}): its head's max_length {max_length} leaves no room "
+            f"for text beside {layout.total} special tokens"
+        )
+    stride = sliding_window.stride or max(window // 2, 1)
+    if stride > window:
+        raise ConfigError(
+            f"sliding_window.stride: {stride} would skip tokens between windows of {plan.where} ({plan.name!r}), "
+            f"which hold {window} text tokens (head max_length {max_length} minus {layout.total} special); "
+            f"use a stride of at most {window}"
+        )
+    return stride
+
+
+def _plan(batching: BatchingConfig, lengths: list[int]) -> list[list[int]]:
+    return plan_batches(lengths, batching.max_tokens, batching.max_texts, batching.max_padding)
+
+
+def _device_key(shared: _SharedPass) -> str:
+    """Passes with the same key share a device and run one after another."""
+    return str(shared.backbone.input_device)
 
 
 def _record_failure(errors: list[dict[str, str]], batch: list[int], member: str, message: str) -> None:

@@ -14,6 +14,9 @@ every pooled layer, so a chunk costs a forward pass over its own tokens only:
   (as the reference, a stream scores the first ``max_length`` tokens), plus a few vectors per
   pooled layer. ``close()`` releases it.
 
+With ``sliding_window`` configured, a text grown past a head's ``max_length`` is scored by
+windows, each afresh (the first window is the stream's cached prefix, but the others are not).
+
 Backbones whose states depend on later tokens (encoders such as BERT) cannot reuse earlier
 work: their passes re-encode the whole text on every feed; ``EnsembleStream.incremental`` says
 which members stream incrementally.
@@ -99,15 +102,14 @@ class PassStream:
         self.incremental = shared.backbone.streams_incrementally
         self._pooler: IncrementalPooler | None = None
 
-    def pooled(self, cleaned_text: str) -> tuple[PooledStates, bool]:
-        """Pooled states of ``cleaned_text`` (one row), and whether it was cut to ``max_length``."""
+    def pooled(self, ids: list[int]) -> PooledStates:
+        """Pooled states (one row) of ``ids``: the stream's whole text, as this pass encodes it."""
         backbone = self.shared.backbone
-        encoded = backbone.encode([cleaned_text], self.shared.max_length)[0]
         if not self.incremental:
-            return backbone.pooled_states([encoded.ids], self.shared.wanted), encoded.truncated
+            return backbone.pooled_states([ids], self.shared.wanted)
         if self._pooler is None:
             self._pooler = IncrementalPooler(backbone, self.shared.wanted)
-        return self._pooler.advance(encoded.ids), encoded.truncated
+        return self._pooler.advance(ids)
 
     def reset(self) -> None:
         self._pooler = None
@@ -157,7 +159,7 @@ class IncrementalPooler:
         drop = len(self.ids) - length
         self._cache.crop(-drop)
         for key in self._sums:
-            self._sums[key] -= self._recent[key][-drop:].sum(dim=0, dtype=torch.float64)
+            self._sums[key] -= self._recent[key][-drop:].sum(dim=0, dtype=self._sums[key].dtype)
             self._recent[key] = self._recent[key][:-drop]
         self.ids = self.ids[:length]
 
@@ -186,11 +188,15 @@ class IncrementalPooler:
             raise
         self.tokens_run += len(new_ids)
         for key, states in gathered.items():
-            added = states.sum(dim=0, dtype=torch.float64)
+            added = states.sum(dim=0, dtype=_sum_dtype(states.device))
             self._sums[key] = self._sums[key] + added if key in self._sums else added
             kept = self._recent.get(key)
             self._recent[key] = (states if kept is None else torch.cat([kept, states]))[-self.keep:]
         self.ids = self.ids + list(new_ids)
+
+
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
 
 def _common_prefix_length(first: list[int], second: list[int]) -> int:

@@ -47,7 +47,7 @@ def test_members_on_the_same_backbone_share_the_model_and_the_forward_pass(two_h
     config = write_config({"members": [
         {"name": "a", "backbone": "llama3", "head": str(two_heads[0])},
         {"name": "b", "backbone": "llama3", "head": str(two_heads[1])},
-    ]})
+    ], "batching": {"max_padding": 1.0}})  # no length buckets: all texts in one batch
     ensemble = Ensemble.from_config(config)
     assert len(loads) == 1
     forwards = count_forwards(ensemble)

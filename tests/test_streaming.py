@@ -81,8 +81,19 @@ def test_divergence_beyond_the_rollback_window_starts_over_and_stays_exact(tiny_
 
 def test_max_length_scores_the_first_tokens_like_the_reference(tiny_models, write_head, write_config):
     ensemble = ensemble_for(write_head, write_config, tiny_models["llama"], "llama3", layers=[0, DEPTH - 1], max_length=12)
-    assert_stream_matches_rescoring(ensemble, "Tell me", [" a", " long", " story", " about", " the sea"] + [" and more"] * 6)
+    stream = assert_stream_matches_rescoring(ensemble, "Tell me", [" a", " long", " story", " about", " the sea"] + [" and more"] * 6)
     assert ensemble.score(prompt="Tell me", response=" a long story about the sea and more").truncated
+    assert stream.closed and stream._passes is None  # closing dropped the cache
+
+
+def test_a_streams_cache_never_holds_more_than_max_length_tokens(tiny_models, write_head, write_config):
+    ensemble = ensemble_for(write_head, write_config, tiny_models["llama"], "llama3", layers=[0, DEPTH - 1], max_length=12)
+    with ensemble.stream("Tell me") as stream:
+        for _ in range(20):
+            stream.feed(" and more words")
+            pooler = stream._passes[0]._pooler
+            assert len(pooler.ids) <= 12 and pooler._cache.get_seq_length() <= 12
+        assert pooler.tokens_run <= 12 + 3 * 20
 
 
 def test_several_members_and_backbones_in_one_stream(tiny_models, write_head, write_config):
