@@ -247,17 +247,18 @@ def evaluate(config_path, data_path, split, out_path, target_recall, no_baseline
 @config_option
 @click.option("--data", "data_path", required=True, help="Split directory (its validation split is used) or a labelled JSONL file.")
 @click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True)
-@click.option("--per-source", is_flag=True, help="Every source with harmful records must reach the target; the lowest threshold wins.")
+@click.option("--per-source", is_flag=True, help="Every source with enough harmful records must reach the target; the lowest threshold wins.")
+@click.option("--min-source-harmful", type=click.IntRange(1), default=20, show_default=True, help="With --per-source: harmful records a source needs to set the threshold.")
 @click.option("--method", type=click.Choice(["platt", "isotonic"]), help="Recalibrate the ensemble score first (fitted on the same data).")
 @click.option("--calibration-out", type=click.Path(dir_okay=False), help="Where --method writes the calibration JSON.")
 @click.option("--write-config", type=click.Path(dir_okay=False), help="Write a copy of the config with this threshold (and calibration) set.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
-def calibrate(config_path, data_path, target_recall, per_source, method, calibration_out, write_config, cache_dir):
+def calibrate(config_path, data_path, target_recall, per_source, min_source_harmful, method, calibration_out, write_config, cache_dir):
     """Pick the threshold that reaches --target-recall on validation data and report the FPR it costs."""
     from .evaluation.calibrate import calibrate as run_calibration, write_calibrated_config
 
     report = run_calibration(config_path, data_path, target_recall, per_source, method, calibration_out, cache_dir,
-                             progress=sys.stderr.isatty())
+                             progress=sys.stderr.isatty(), min_source_harmful=min_source_harmful)
     if write_config:
         write_calibrated_config(config_path, write_config, report["threshold"], calibration_out if method else None)
         report["written_config"] = write_config

@@ -2,8 +2,9 @@
 
 Optionally the ensemble score is first recalibrated (Platt or isotonic, fitted on the same
 validation data), and the threshold is chosen on the calibrated score. With ``per_source``, the
-threshold is the lowest of the per-source thresholds, so every source with harmful records reaches
-the target; the report names the source that needed it.
+threshold is the lowest of the per-source thresholds, so every source with at least
+``min_source_harmful`` harmful records reaches the target (smaller sources are too noisy to set a
+threshold: one record moves their recall by several points); the report names the worst source.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .scoring import FeatureScorer
 
 def calibrate(config_path: str | Path, data: str | Path, target_recall: float, per_source: bool = False,
               method: Method | None = None, calibration_out: str | Path | None = None,
-              cache_dir: str | Path | None = None, progress: bool = False) -> dict:
+              cache_dir: str | Path | None = None, progress: bool = False, min_source_harmful: int = 20) -> dict:
     if not 0.0 < target_recall <= 1.0:
         raise InputError(f"--target-recall: must be in (0, 1], got {target_recall}")
     config = load_config(config_path)
@@ -50,7 +51,7 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
     sources = np.array([record.source for record in records])
     per_source_threshold = {
         source: threshold_for_recall(labels[sources == source], scores[sources == source], target_recall)
-        for source in sorted(set(sources.tolist())) if labels[sources == source].sum() > 0
+        for source in sorted(set(sources.tolist())) if labels[sources == source].sum() >= min_source_harmful
     }
     threshold = threshold_for_recall(labels, scores, target_recall)
     if per_source:

@@ -69,7 +69,11 @@ def data_fingerprint(data: str | Path) -> str:
 
 def train_head(extractor: FeatureExtractor, data: str | Path, out: str | Path, options: TrainOptions = TrainOptions(),
                progress: bool = False) -> dict:
-    """Train a head on ``data``'s train split (validation for probes and early stopping) and write it to ``out``."""
+    """Train a head on ``data``'s train split and write it to ``out``.
+
+    Validation picks each probe's C and the layer weights, and joins train in the cross-validated
+    MLP search; the final MLP is fitted on train alone.
+    """
     if not Path(data).is_dir():
         raise InputError(f"{data}: training needs a split directory (train.jsonl, validation.jsonl, ...)")
     started = time.perf_counter()
@@ -96,7 +100,9 @@ def train_head(extractor: FeatureExtractor, data: str | Path, out: str | Path, o
     y = np.concatenate([train.labels, validation.labels])
     groups = np.concatenate([train.groups, validation.groups])
     search = search_mlp(x, y, groups, options.trials, options.folds, options.seed, progress)
-    mlp, _ = fit_mlp(x, y, search.params, FitOptions(seed=options.seed))
+    # The final fit leaves validation out, so thresholds, calibration and stackers fitted on it are not in-sample.
+    train_x = weighted_neuron_features(train.layers, neurons, alphas)
+    mlp, _ = fit_mlp(train_x, train.labels, search.params, FitOptions(seed=options.seed))
     searched = time.perf_counter()
     logger.info("stage 2 done in %.0f s: CV F1 %.4f", searched - probed, search.cv_f1)
 
@@ -111,7 +117,8 @@ def train_head(extractor: FeatureExtractor, data: str | Path, out: str | Path, o
         "input_dim": int(x.shape[1]),
         "mlp": search.params.to_dict(),
         "cv": {"folds": options.folds, "f1": search.cv_f1, "auroc": search.cv_auroc},
-        "train_f1_in_sample": float(f1_score(y, _scores(head, x) >= options.threshold)),
+        "train_f1_in_sample": float(f1_score(train.labels, _scores(head, train_x) >= options.threshold)),
+        "validation_f1": float(f1_score(validation.labels, _scores(head, x[len(train_x):]) >= options.threshold)),
         "trials": search.trials,
         "seconds": {"features": round(extracted - started, 1), "probes": round(probed - extracted, 1),
                     "mlp_search": round(searched - probed, 1), "total": round(searched - started, 1)},
@@ -172,6 +179,7 @@ def summarise(report: dict) -> str:
         f"MLP: layer_dims {mlp['layer_dims']} dropout {mlp['dropout_rates']} lr {mlp['learning_rate']:.2e} "
         f"weight decay {mlp['weight_decay']:.1e} epochs {mlp['epochs']}",
         f"{report['cv']['folds']}-fold CV on train+validation: F1 {report['cv']['f1']:.4f}, AUROC {report['cv']['auroc']:.4f}",
+        f"final MLP fitted on train; validation F1 at {report['options']['threshold']}: {report['validation_f1']:.4f}",
         f"time: {report['seconds']}",
     ]
     return "\n".join(lines)
