@@ -72,7 +72,13 @@ def evaluate(config_path: str | Path, data: str | Path, options: EvaluateOptions
     scorer = FeatureScorer(config, plans, cache_dir, progress)
     is_split_dir = Path(data).is_dir()
     logger.info("scoring %s with %d members (features from the cache when present)", data, len(plans))
-    splits = {name: _load(scorer, plans, data, name) for name in (SPLITS if is_split_dir else ())}
+    # Train features are only needed to fit baselines and leave-one-source-out refits.
+    wanted = {options.split, "validation"}
+    if options.baselines:
+        wanted.add("train")
+    if options.leave_one_source_out:
+        wanted.update(SPLITS)
+    splits = {name: _load(scorer, plans, data, name) for name in SPLITS if is_split_dir and name in wanted}
     evaluated = splits[options.split] if is_split_dir else _load(scorer, plans, data, None)
     validation = splits.get("validation")
     train = splits.get("train")
@@ -117,9 +123,9 @@ def _load(scorer: FeatureScorer, plans: list[MemberPlan], data, split: str | Non
         head = plan.head.config
         member_x.append(weighted_neuron_features(features, head.neurons(), {l: head.layer_weight(l) for l in head.layers}))
         last_layer.append(features[max(features)])
-    member_scores = scorer.member_scores(records, description=f"{split or 'data'} features")
+        columns.append(scorer.head_scores(plan, features))
     labels = np.array([record.label for record in records], dtype=int)
-    return _SplitData(records, labels, member_x, member_scores, last_layer)
+    return _SplitData(records, labels, member_x, np.stack(columns, axis=1), last_layer)
 
 
 def _threshold(validation_scores: np.ndarray | None, validation_labels, target_recall, default: float) -> float:

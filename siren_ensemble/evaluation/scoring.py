@@ -46,15 +46,15 @@ class FeatureScorer:
         texts = [record.scored_text for record in records]
         return self.extractor(plan).features(texts, self.progress, description=f"{plan.name} {description}")
 
+    @staticmethod
+    def head_scores(plan: MemberPlan, features: LayerFeatures) -> np.ndarray:
+        plan.head.to("cpu")
+        pooled = {layer: torch.as_tensor(features[layer]) for layer in plan.head.config.layers}
+        return plan.head(pooled).double().numpy()
+
     def member_scores(self, records: Sequence[SafetyRecord], description: str = "features") -> np.ndarray:
         """Scores, one column per member in config order."""
-        columns = []
-        for plan in self.plans:
-            features = self.layer_features(plan, records, description)
-            plan.head.to("cpu")
-            pooled = {layer: torch.as_tensor(features[layer]) for layer in plan.head.config.layers}
-            columns.append(plan.head(pooled).double().numpy())
-        return np.stack(columns, axis=1)
+        return np.stack([self.head_scores(plan, self.layer_features(plan, records, description)) for plan in self.plans], axis=1)
 
 
 class _SharedBackboneExtractor(FeatureExtractor):
