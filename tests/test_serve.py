@@ -287,6 +287,11 @@ def test_readyz_waits_for_the_loader_and_reports_a_failed_load(ensemble):
         assert httpx.get(f"{base}/readyz").json()["status"] == "loading"
         refused = moderate(base, {"input": "hi"})
         assert refused.status_code == 503 and "loading" in refused.json()["error"]["message"]
+        with connect(base.replace("http", "ws") + "/v1/stream") as socket_:
+            assert "models are not loaded yet" in json.loads(socket_.recv(timeout=10))["error"]["message"]
+            with pytest.raises(Exception):
+                socket_.recv(timeout=10)
+            assert socket_.close_code == 1013
         release.set()
         wait_ready(base)
         assert moderate(base, {"input": "hi"}).status_code == 200
@@ -302,6 +307,19 @@ def test_readyz_waits_for_the_loader_and_reports_a_failed_load(ensemble):
 
 
 # ---- failing safe ------------------------------------------------------------------------
+
+def test_an_unexpected_error_answers_500_without_internals_and_the_server_keeps_serving(ensemble, monkeypatch):
+    import siren_ensemble.serve.app as app_module
+
+    with service(ensemble) as base:
+        monkeypatch.setattr(app_module, "moderation_result", lambda *args, **kwargs: 1 / 0)
+        broken = moderate(base, {"input": "hi"})
+        assert broken.status_code == 500
+        assert broken.json()["error"]["message"] == "internal error; see the server log"
+        assert broken.json()["error"]["type"] == "server_error" and "ZeroDivision" not in broken.text
+        monkeypatch.undo()
+        assert moderate(base, {"input": "hi"}).status_code == 200
+
 
 def _break_backbone(ensemble: Ensemble, monkeypatch, member: str = "b") -> None:
     position = ensemble.member_names.index(member)
