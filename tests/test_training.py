@@ -59,7 +59,7 @@ def test_report_describes_the_head(trained_heads):
 def test_same_seed_and_data_give_the_same_head(trained_heads, synthetic_data, tiny_models, tmp_path):
     extractor = FeatureExtractor(adapter_for("llama3", str(tiny_models["llama"])), max_length=64, cache_dir=trained_heads["cache"])
     train_head(extractor, synthetic_data, tmp_path / "again", TrainOptions(trials=3, folds=2))
-    assert extractor._backbone is None, "features should come from the cache, without loading the backbone"
+    assert extractor.loaded == {}, "features should come from the cache, without loading the backbone"
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         assert (tmp_path / "again" / name).read_bytes() == (trained_heads["llama"] / name).read_bytes()
 

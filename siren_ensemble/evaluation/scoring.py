@@ -30,8 +30,8 @@ class FeatureScorer:
         for plan in plans:
             key = self.extractor_key(plan)
             if key not in self._extractors:
-                self._extractors[key] = _SharedBackboneExtractor(
-                    self._backbones, plan.adapter, max_length=plan.head.max_length, pooling=plan.head.config.pooling,
+                self._extractors[key] = FeatureExtractor(
+                    plan.adapter, loaded=self._backbones, max_length=plan.head.max_length, pooling=plan.head.config.pooling,
                     max_tokens=config.batching.max_tokens, max_texts=config.batching.max_texts, cache_dir=cache_dir,
                 )
 
@@ -56,17 +56,3 @@ class FeatureScorer:
         """Scores, one column per member in config order."""
         return np.stack([self.head_scores(plan, self.layer_features(plan, records, description)) for plan in self.plans], axis=1)
 
-
-class _SharedBackboneExtractor(FeatureExtractor):
-    """An extractor that loads its backbone into a dict shared with the other extractors of one scorer."""
-
-    def __init__(self, shared: dict, adapter, **kwargs):
-        super().__init__(adapter, **kwargs)
-        self._shared = shared
-
-    @property
-    def backbone(self) -> LoadedBackbone:
-        spec = self.adapter.spec
-        if spec not in self._shared:
-            self._shared[spec] = LoadedBackbone.load(self.adapter)
-        return self._shared[spec]

@@ -17,7 +17,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..backbones.base import BackboneAdapter
+from ..backbones.base import BackboneAdapter, BackboneSpec
 from ..cache import cache_root
 from ..encoding import plan_batches
 from ..extraction import LoadedBackbone
@@ -38,20 +38,23 @@ class FeatureExtractor:
     """Pooled features of every layer of one backbone; the backbone loads only on a cache miss."""
 
     def __init__(self, adapter: BackboneAdapter, max_length: int = 512, pooling: str = "residual_mean",
-                 max_tokens: int = 8192, max_texts: int = 64, cache_dir: str | Path | None = None):
+                 max_tokens: int = 8192, max_texts: int = 64, cache_dir: str | Path | None = None,
+                 loaded: dict[BackboneSpec, LoadedBackbone] | None = None):
         self.adapter = adapter
         self.max_length = max_length
         self.pooling = pooling
         self.max_tokens = max_tokens
         self.max_texts = max_texts
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "features"
-        self._backbone: LoadedBackbone | None = None
+        #: Loaded backbones by spec; extractors given the same dict share them (one load per backbone).
+        self.loaded = loaded if loaded is not None else {}
 
     @property
     def backbone(self) -> LoadedBackbone:
-        if self._backbone is None:
-            self._backbone = LoadedBackbone.load(self.adapter)
-        return self._backbone
+        spec = self.adapter.spec
+        if spec not in self.loaded:
+            self.loaded[spec] = LoadedBackbone.load(self.adapter)
+        return self.loaded[spec]
 
     def cache_key(self, texts: Sequence[str]) -> str:
         spec = self.adapter.spec

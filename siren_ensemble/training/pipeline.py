@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..features import weighted_neuron_features
 from ..head import HeadConfig, SirenHead, neuron_key
 from .feature_cache import FeatureExtractor
-from .mlp_search import FitOptions, fit_mlp, search_mlp
+from .mlp_search import FitOptions, fit_mlp, predict, search_mlp
 from .probes import DEFAULT_C_GRID, fit_layer_probes
 
 logger = logging.getLogger(__name__)
@@ -96,12 +96,13 @@ def train_head(extractor: FeatureExtractor, data: str | Path, out: str | Path, o
     logger.info("stage 1 done in %.0f s: %d safety neurons; stage 2: %d Optuna trials, %d-fold CV",
                 probed - extracted, sum(map(len, neurons.values())), options.trials, options.folds)
 
-    x = np.concatenate([weighted_neuron_features(split.layers, neurons, alphas) for split in (train, validation)])
+    train_x = weighted_neuron_features(train.layers, neurons, alphas)
+    validation_x = weighted_neuron_features(validation.layers, neurons, alphas)
+    x = np.concatenate([train_x, validation_x])
     y = np.concatenate([train.labels, validation.labels])
     groups = np.concatenate([train.groups, validation.groups])
     search = search_mlp(x, y, groups, options.trials, options.folds, options.seed, progress)
     # The final fit leaves validation out, so thresholds, calibration and stackers fitted on it are not in-sample.
-    train_x = weighted_neuron_features(train.layers, neurons, alphas)
     mlp, _ = fit_mlp(train_x, train.labels, search.params, FitOptions(seed=options.seed))
     searched = time.perf_counter()
     logger.info("stage 2 done in %.0f s: CV F1 %.4f", searched - probed, search.cv_f1)
@@ -117,8 +118,8 @@ def train_head(extractor: FeatureExtractor, data: str | Path, out: str | Path, o
         "input_dim": int(x.shape[1]),
         "mlp": search.params.to_dict(),
         "cv": {"folds": options.folds, "f1": search.cv_f1, "auroc": search.cv_auroc},
-        "train_f1_in_sample": float(f1_score(train.labels, _scores(head, train_x) >= options.threshold)),
-        "validation_f1": float(f1_score(validation.labels, _scores(head, x[len(train_x):]) >= options.threshold)),
+        "train_f1_in_sample": float(f1_score(train.labels, predict(mlp, train_x) >= options.threshold)),
+        "validation_f1": float(f1_score(validation.labels, predict(mlp, validation_x) >= options.threshold)),
         "trials": search.trials,
         "seconds": {"features": round(extracted - started, 1), "probes": round(probed - extracted, 1),
                     "mlp_search": round(searched - probed, 1), "total": round(searched - started, 1)},
@@ -127,12 +128,6 @@ def train_head(extractor: FeatureExtractor, data: str | Path, out: str | Path, o
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / SUMMARY_FILE).write_text(summarise(report) + "\n")
     return report
-
-
-def _scores(head: SirenHead, x: np.ndarray) -> np.ndarray:
-    from .mlp_search import predict
-
-    return predict(head.mlp, x)
 
 
 def _check_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
