@@ -8,6 +8,7 @@ import sys
 import click
 
 from .data import defaults as data_defaults
+from .default_ensemble import DEFAULT_CONFIG
 from .errors import SirenError
 from .serve.settings import API_KEY_ENV, ServeSettings
 
@@ -31,7 +32,8 @@ def cli():
 
 
 config_option = click.option(
-    "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Ensemble YAML config."
+    "--config", "config_path", default=str(DEFAULT_CONFIG), show_default="the packaged default ensemble",
+    type=click.Path(dir_okay=False), help="Ensemble YAML config.",
 )
 
 
@@ -165,6 +167,12 @@ def _log_progress_to_stderr() -> None:
     logging.getLogger("siren_ensemble").setLevel(logging.INFO)
 
 
+def _one_or_parts(models: tuple[str, ...]) -> str | list[str] | None:
+    if not models:
+        return None
+    return models[0] if len(models) == 1 else list(models)
+
+
 def _parse_layers(value: str | None) -> tuple[int, ...] | None:
     """``--layers 4-20`` or ``--layers 3,5,7`` (or both, comma-separated)."""
     if value is None or value == "all":
@@ -181,8 +189,10 @@ def _parse_layers(value: str | None) -> tuple[int, ...] | None:
 
 @cli.command()
 @click.option("--backbone", required=True, help="Backbone adapter name (see `siren-ensemble plugins`).")
-@click.option("--model", help="Hub id or local directory of the backbone.")
+@click.option("--model", multiple=True,
+              help="Hub id, local directory, GGUF file or pkg: file of the backbone; repeat for GGUF parts to concatenate.")
 @click.option("--gguf-file", help="GGUF file: a name inside --model, or a path when --model is omitted.")
+@click.option("--sha256", help="Pinned sha256 of the GGUF file (of the parts, concatenated); a mismatch refuses to load.")
 @click.option("--revision", help="Pinned hub revision of the backbone.")
 @click.option("--data", "data_path", required=True, type=click.Path(file_okay=False), help="Split directory (`siren-ensemble data build`).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Head directory to write.")
@@ -196,7 +206,7 @@ def _parse_layers(value: str | None) -> tuple[int, ...] | None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache (default: $SIREN_ENSEMBLE_CACHE or ~/.cache/siren-ensemble).")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write the per-layer probe F1 plot here.")
-def train(backbone, model, gguf_file, revision, data_path, out_dir, eta, trials, folds, layers_text, max_length, device, dtype,
+def train(backbone, model, gguf_file, sha256, revision, data_path, out_dir, eta, trials, folds, layers_text, max_length, device, dtype,
           seed, cache_dir, plots_dir):
     """Train a SIREN head (layer probes, safety neurons, MLP search) on a split directory."""
     from pathlib import Path
@@ -207,7 +217,7 @@ def train(backbone, model, gguf_file, revision, data_path, out_dir, eta, trials,
 
     _log_progress_to_stderr()
 
-    adapter = adapter_for(backbone, model, gguf_file, revision, dtype, device)
+    adapter = adapter_for(backbone, _one_or_parts(model), gguf_file, revision, dtype, device, sha256=sha256)
     extractor = FeatureExtractor(adapter, max_length=max_length, cache_dir=cache_dir)
     options = TrainOptions(eta=eta, trials=trials, folds=folds, layers=_parse_layers(layers_text), seed=seed)
     report = train_head(extractor, data_path, out_dir, options, progress=sys.stderr.isatty())

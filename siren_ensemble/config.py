@@ -34,8 +34,11 @@ class MemberConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     backbone: str
     head: str
-    model: str | None = None
+    #: A hub id, a local directory, a GGUF file, a ``pkg:`` file, or a list of GGUF parts to concatenate.
+    model: str | list[str] | None = None
     gguf_file: str | None = None
+    #: The GGUF file's sha256 (of the concatenation, for parts); a mismatch refuses to load.
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     revision: str | None = None
     head_revision: str | None = None
     device: str = Field("cpu", pattern=DEVICE_PATTERN)
@@ -133,6 +136,16 @@ class EnsembleConfig(_Strict):
                 raise ConfigError(f"{where}.device: device_map and max_memory need device 'auto' (got {member.device!r})")
             if member.model is None and member.gguf_file is not None and not resolve_path(member.gguf_file, self.base_dir).is_file():
                 raise ConfigError(f"{where}.gguf_file: {resolve_path(member.gguf_file, self.base_dir)} does not exist")
+            if isinstance(member.model, list):
+                if not member.model:
+                    raise ConfigError(f"{where}.model: an empty list; list the GGUF parts in order")
+                if member.gguf_file is not None:
+                    raise ConfigError(f"{where}.gguf_file: not with a list of GGUF parts in `model`")
+            if member.sha256 is not None and not is_gguf_reference(member.model, member.gguf_file):
+                raise ConfigError(
+                    f"{where}.sha256: pins a GGUF file (model: a .gguf path, a pkg: file or a list of parts, or "
+                    f"gguf_file); for a hub repository or a directory pin `revision` instead"
+                )
         combiner_registry = plugins.combiners()
         if self.combiner.type not in combiner_registry:
             raise ConfigError(f"combiner.type: {combiner_registry.unknown_message(self.combiner.type)}")
@@ -181,6 +194,13 @@ def load_config(path: str | Path) -> EnsembleConfig:
 def resolve_path(value: str, base_dir: Path) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else base_dir / path
+
+
+def is_gguf_reference(model: str | list[str] | None, gguf_file: str | None) -> bool:
+    """Whether a member's weights are a GGUF file (which loads through the converted cache)."""
+    if gguf_file is not None or isinstance(model, list):
+        return True
+    return model is not None and (model.startswith("pkg:") or model.lower().endswith(".gguf"))
 
 
 def is_local(value: str, base_dir: Path) -> bool:

@@ -15,6 +15,7 @@ from .combiners import Combiner, MemberView
 from .config import EnsembleConfig, MemberConfig, is_local, resolve_path
 from .errors import ArtifactError, ConfigError, SirenError
 from .head import CONFIG_FILE, WEIGHTS_FILE, SirenHead
+from .packaged import is_packaged, resolve_packaged
 
 
 @dataclass(frozen=True)
@@ -51,17 +52,19 @@ def plan_members(config: EnsembleConfig) -> list[MemberPlan]:
     return plans
 
 
-def adapter_for(backbone: str, model: str | None, gguf_file: str | None = None, revision: str | None = None,
-                dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False) -> BackboneAdapter:
+def adapter_for(backbone: str, model: str | list[str] | None, gguf_file: str | None = None, revision: str | None = None,
+                dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
+                sha256: str | None = None) -> BackboneAdapter:
     """An adapter from command-line style arguments (``train``), checked like a config member."""
     from .config import MemberConfig
 
     fields = {"name": "train", "backbone": backbone, "head": ".", "model": model, "gguf_file": gguf_file,
-              "revision": revision, "dtype": dtype, "device": device, "trust_remote_code": trust_remote_code}
+              "revision": revision, "dtype": dtype, "device": device, "trust_remote_code": trust_remote_code,
+              "sha256": sha256}
     config = EnsembleConfig.from_dict({"members": [{k: v for k, v in fields.items() if v is not None}]}, source="arguments")
     member = config.members[0]
     if member.model is None and member.gguf_file is None:
-        raise ConfigError("--model: required (a hub id, a local directory), or --gguf-file alone for a GGUF file")
+        raise ConfigError("--model: required (a hub id, a local directory, a GGUF or pkg: file), or --gguf-file alone")
     registration = plugins.backbones().get(member.backbone)
     return registration.cls(_backbone_spec(member, None, config.base_dir, registration.name, "arguments"))
 
@@ -80,6 +83,8 @@ def check_heads_against_backbones(plans: list[MemberPlan]) -> None:
 
 
 def _head_directory(member: MemberConfig, base_dir: Path) -> Path:
+    if is_packaged(member.head):
+        return resolve_packaged(member.head)
     if is_local(member.head, base_dir):
         directory = resolve_path(member.head, base_dir)
         if not directory.is_dir():
@@ -96,27 +101,54 @@ def _head_directory(member: MemberConfig, base_dir: Path) -> Path:
         ) from None
 
 
+def _local_file(reference: str, base_dir: Path, where: str) -> Path:
+    """A GGUF part named by a ``pkg:`` reference or a path; it must exist."""
+    if is_packaged(reference):
+        try:
+            return resolve_packaged(reference)
+        except ArtifactError as error:
+            raise ConfigError(f"{where}: {error}") from None
+    path = resolve_path(reference, base_dir)
+    if not path.is_file():
+        raise ConfigError(f"{where}: {path} does not exist")
+    return path
+
+
 def _backbone_spec(member: MemberConfig, head: SirenHead | None, base_dir: Path, adapter_name: str, where: str) -> BackboneSpec:
     model, revision, gguf_file = member.model, member.revision, member.gguf_file
-    if model is None and gguf_file is not None:
+    gguf_parts = None
+    if isinstance(model, list):
+        gguf_parts = tuple(str(_local_file(part, base_dir, f"{where}.model[{i}]")) for i, part in enumerate(model))
+        model = " + ".join(model)
+    elif model is not None and is_packaged(model):
+        path = _local_file(model, base_dir, f"{where}.model")
+        if path.is_dir():
+            model = str(path)
+        else:
+            gguf_parts = (str(path),)
+    elif model is not None and model.lower().endswith(".gguf") and gguf_file is None:
+        gguf_parts = (str(_local_file(model, base_dir, f"{where}.model")),)
+    elif model is None and gguf_file is not None:
         # A bare GGUF path: its directory is the model, its name the file inside it.
         gguf_path = resolve_path(gguf_file, base_dir)
         model, gguf_file = str(gguf_path.parent), gguf_path.name
     elif model is None and head is not None:
         model = head.config.base_model.model_id
         revision = revision or head.config.base_model.revision
-    if is_local(model, base_dir):
+    if gguf_parts is None and is_local(model, base_dir):
         model_path = resolve_path(model, base_dir)
         if not model_path.exists():
             field = "model" if member.model is not None else "head (its base_model.model_id)"
             raise ConfigError(f"{where}.{field}: {model_path} does not exist")
-        if gguf_file is not None and not (model_path / gguf_file).is_file():
-            raise ConfigError(f"{where}.gguf_file: {model_path / gguf_file} does not exist")
+        if gguf_file is not None:
+            gguf_parts = (str(_local_file(str(model_path / gguf_file), base_dir, f"{where}.gguf_file")),)
         model = str(model_path)
     return BackboneSpec(
         adapter=adapter_name,
         model=model,
         gguf_file=gguf_file,
+        gguf_parts=gguf_parts,
+        sha256=member.sha256,
         revision=revision,
         dtype=member.dtype,
         device=member.device,

@@ -11,6 +11,7 @@ import functools
 import inspect
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 from unittest import mock
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import gguf_cache
 from ..errors import ArtifactError, ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -28,8 +30,12 @@ class BackboneSpec:
     """Everything that identifies one loaded backbone; members with equal specs share it."""
 
     adapter: str
+    #: A hub id or a directory; for GGUF weights, how the config named them (for messages).
     model: str
     gguf_file: str | None = None
+    #: Local GGUF file(s), concatenated in order; these weights load through the converted cache.
+    gguf_parts: tuple[str, ...] | None = None
+    sha256: str | None = None
     revision: str | None = None
     dtype: str = "float32"
     device: str = "cpu"
@@ -41,6 +47,10 @@ class BackboneSpec:
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.gguf_parts is not None or self.gguf_file is not None
 
     def describe(self) -> str:
         where = f"{self.model}" + (f" ({self.gguf_file})" if self.gguf_file else "")
@@ -64,18 +74,34 @@ class BackboneAdapter:
 
     # ---- loading -------------------------------------------------------------------------
 
-    def _hub_kwargs(self) -> dict[str, Any]:
+    @functools.cached_property
+    def _location(self) -> tuple[str, dict[str, Any]]:
+        """Where from_pretrained reads the weights, and the keyword arguments that say which."""
         kwargs: dict[str, Any] = {"trust_remote_code": self.spec.trust_remote_code}
+        if self.spec.is_gguf:
+            # GGUF loads from its converted safetensors copy (made on first use, sha256-checked).
+            return str(gguf_cache.converted(self._gguf_source())), kwargs
         if self.spec.revision:
             kwargs["revision"] = self.spec.revision
-        if self.spec.gguf_file:
-            kwargs["gguf_file"] = self.spec.gguf_file
-        return kwargs
+        return self.spec.model, kwargs
+
+    def _gguf_source(self) -> gguf_cache.GGUFSource:
+        parts = self.spec.gguf_parts
+        if parts is None:
+            parts = (_download_gguf(self.spec),)
+        return gguf_cache.GGUFSource(tuple(Path(part) for part in parts), self.spec.sha256, self.spec.describe())
+
+    def _from_pretrained(self, what: str, loader, kwargs: dict[str, Any] | None = None):
+        def load():
+            where, location_kwargs = self._location
+            return loader.from_pretrained(where, **(location_kwargs if kwargs is None else kwargs))
+
+        return _wrap_load_errors(self.spec, what, load)
 
     def load_config(self):
         from transformers import AutoConfig
 
-        config = _wrap_load_errors(self.spec, "config", lambda: AutoConfig.from_pretrained(self.spec.model, **self._hub_kwargs()))
+        config = self._from_pretrained("config", AutoConfig)
         self.check_model_type(config)
         return config
 
@@ -97,8 +123,7 @@ class BackboneAdapter:
         return int(config.get_text_config().hidden_size)
 
     def model_load_kwargs(self) -> dict[str, Any]:
-        kwargs = self._hub_kwargs()
-        kwargs["dtype"] = self.spec.torch_dtype
+        kwargs: dict[str, Any] = {**self._location[1], "dtype": self.spec.torch_dtype}
         kwargs.update(dict(self.spec.options))
         kwargs["device_map"] = self._device_map()
         if self.spec.max_memory:
@@ -117,18 +142,14 @@ class BackboneAdapter:
     def load_model(self) -> nn.Module:
         from transformers import AutoModel
 
-        model = _wrap_load_errors(
-            self.spec, "weights", lambda: AutoModel.from_pretrained(self.spec.model, **self.model_load_kwargs())
-        )
+        model = self._from_pretrained("weights", AutoModel, self.model_load_kwargs())
         self.check_model_type(model.config)
         return model.eval().requires_grad_(False)
 
     def load_tokenizer(self):
         from transformers import AutoTokenizer
 
-        tokenizer = _wrap_load_errors(
-            self.spec, "tokenizer", lambda: AutoTokenizer.from_pretrained(self.spec.model, **self._hub_kwargs())
-        )
+        tokenizer = self._from_pretrained("tokenizer", AutoTokenizer)
         tokenizer.padding_side = self.padding_side
         if tokenizer.pad_token is None:
             # Same fallback as llm-siren; padded positions are masked out of every mean anyway.
@@ -208,6 +229,16 @@ def quiet_transformers():
         hf_logging.set_verbosity(verbosity)
         if bars_were_enabled:
             hf_logging.enable_progress_bar()
+
+
+def _download_gguf(spec: BackboneSpec) -> str:
+    """A GGUF file inside a hub repository (``model`` + ``gguf_file``), downloaded into the hub cache."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(spec.model, spec.gguf_file, revision=spec.revision)
+    except Exception as error:  # the hub client raises many types; all mean "could not fetch"
+        raise ArtifactError(f"cannot fetch {spec.describe()} from the Hugging Face hub ({type(error).__name__})") from None
 
 
 def _wrap_load_errors(spec: BackboneSpec, what: str, load):

@@ -1,7 +1,7 @@
 """Mean-pooled per-layer features of labelled texts, extracted once and cached on disk (safetensors).
 
-The cache key covers everything that changes the numbers: the backbone (adapter, model, GGUF file,
-revision, dtype), the pooling, ``max_length`` and the exact texts. Re-runs, sweeps and the
+The cache key covers everything that changes the numbers: the backbone (adapter, weights: the pinned
+sha256, else model, GGUF file and revision; dtype), the pooling, ``max_length`` and the exact texts. Re-runs, sweeps and the
 leave-one-source-out evaluation therefore never run the backbone twice on the same data.
 """
 
@@ -58,9 +58,13 @@ class FeatureExtractor:
 
     def cache_key(self, texts: Sequence[str]) -> str:
         spec = self.adapter.spec
+        # Pinned GGUF weights are named by their sha256, wherever the file lives.
+        weights = {"sha256": spec.sha256} if spec.sha256 else {
+            "model": spec.model, "gguf_file": spec.gguf_file, "gguf_parts": spec.gguf_parts, "revision": spec.revision,
+        }
         identity = {
-            "adapter": spec.adapter, "model": spec.model, "gguf_file": spec.gguf_file, "revision": spec.revision,
-            "dtype": spec.dtype, "pooling": self.pooling, "max_length": self.max_length, "texts": texts_digest(texts),
+            "adapter": spec.adapter, **weights, "dtype": spec.dtype, "pooling": self.pooling,
+            "max_length": self.max_length, "texts": texts_digest(texts),
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 

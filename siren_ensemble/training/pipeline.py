@@ -110,7 +110,7 @@ def train_head(extractor: FeatureExtractor, data: str | Path, out: str | Path, o
     head = SirenHead(_head_config(extractor, layers, neurons, alphas, search.params, options.threshold), mlp)
     head.save(out)
     report = {
-        "backbone": asdict(extractor.adapter.spec) | {"max_length": extractor.max_length, "pooling": extractor.pooling},
+        "backbone": _portable(asdict(extractor.adapter.spec)) | {"max_length": extractor.max_length, "pooling": extractor.pooling},
         "data": {"path": str(data), "fingerprint": data_fingerprint(data),
                  "train": _class_counts(train.labels), "validation": _class_counts(validation.labels)},
         "options": asdict(options),
@@ -178,3 +178,8 @@ def summarise(report: dict) -> str:
         f"time: {report['seconds']}",
     ]
     return "\n".join(lines)
+
+
+def _portable(spec: dict) -> dict:
+    # gguf_parts are this machine's paths; the report names the weights by model and sha256 instead.
+    return {key: value for key, value in spec.items() if key != "gguf_parts"}
