@@ -14,7 +14,8 @@ from siren_ensemble.config import load_config
 from siren_ensemble.data.records import read_dataset
 from siren_ensemble.errors import ArtifactError, ConfigError
 from siren_ensemble.evaluation.calibrate import calibrate
-from siren_ensemble.evaluation.evaluate import EvaluateOptions, evaluate
+from siren_ensemble.data.records import SafetyRecord
+from siren_ensemble.evaluation.evaluate import EvaluateOptions, Scored, _misclassified, evaluate
 from siren_ensemble.evaluation.metrics import binary_metrics
 from siren_ensemble.evaluation.tables import render
 
@@ -61,6 +62,29 @@ def test_evaluate_scores_equal_the_runtime_scores(two_member_config, synthetic_d
             assert reported[key] == pytest.approx(runtime[key], abs=1e-6), (name, key)
     ensemble = binary_metrics(labels, [result.score for result in results], 0.5).to_dict()
     assert report["scorers"]["ensemble (config)"]["overall"]["f1"] == pytest.approx(ensemble["f1"], abs=1e-6)
+
+
+def test_misclassified_examples_are_the_wrong_ones_most_confident_first():
+    records = [SafetyRecord(text=f"t{i}", label=label, source=source) for i, (label, source) in enumerate(
+        [(1, "a"), (1, "a"), (1, "a"), (1, "a"), (0, "b"), (0, "b"), (0, "b"), (1, "b")])]
+    scores = np.array([0.10, 0.45, 0.30, 0.90, 0.95, 0.60, 0.20, 0.05])
+    found = _misclassified(records, Scored(scores, 0.5), per_source=2)
+    texts = lambda kind, source: [(e["text"], e["score"]) for e in found[kind].get(source, [])]  # noqa: E731
+    assert texts("missed_harmful", "a") == [("t0", 0.1), ("t2", 0.3)]  # t1 (0.45) is the third: cut at 2
+    assert texts("missed_harmful", "b") == [("t7", 0.05)]
+    assert texts("flagged_benign", "b") == [("t4", 0.95), ("t5", 0.6)]
+    assert found["flagged_benign"].get("a") is None
+
+
+def test_evaluate_lists_misclassified_examples_when_asked(two_member_config, synthetic_data, trained_heads):
+    report = evaluate(two_member_config, synthetic_data, EvaluateOptions(examples=2, baselines=False),
+                      cache_dir=trained_heads["cache"])
+    assert report["misclassified"]["scorer"] == "ensemble (config)"
+    assert set(report["misclassified"]) == {"scorer", "missed_harmful", "flagged_benign"}
+    assert set(report["leave_one_source_out"]["_misclassified"]) <= {"harmful-a", "harmful-b", "benign-a", "benign-b"}
+    tables = render(report)
+    assert "## Misclassified examples (test, ensemble (config))" in tables
+    assert "## Leave one source out" in tables and "| _misclassified |" not in tables
 
 
 def test_target_recall_sets_thresholds_on_validation(two_member_config, synthetic_data, trained_heads):

@@ -44,6 +44,8 @@ class EvaluateOptions:
     baselines: bool = True
     leave_one_source_out: bool = True
     seed: int = 0
+    #: Misclassified records to show per source and kind (missed harmful, flagged benign).
+    examples: int = 0
 
 
 @dataclass
@@ -96,6 +98,9 @@ def evaluate(config_path: str | Path, data: str | Path, options: EvaluateOptions
         "target_recall": options.target_recall,
         "scorers": {name: _metrics_by_source(evaluated, scored) for name, scored in outputs.items()},
     }
+    if options.examples:
+        name = _shown_scorer(outputs)
+        report["misclassified"] = {"scorer": name, **_misclassified(evaluated.records, outputs[name], options.examples)}
     if plots_dir is not None:
         report["plots"] = [str(path) for path in _plot(plans, evaluated, outputs, plots_dir, report["split"] or str(data))]
     if options.leave_one_source_out and train is not None:
@@ -207,7 +212,7 @@ def _leave_one_source_out(plans, splits: dict[str, _SplitData], views, options: 
     train, validation = splits["train"], splits["validation"]
     everything = _concat([splits[name] for name in SPLITS])
     params = [member_mlp_params(plan.head) for plan in plans]
-    table = {}
+    table, examples = {}, {}
     for source in sorted({record.source for record in everything.records}):
         keep_train = _rows(train, source, keep=False)
         keep_val = _rows(validation, source, keep=False)
@@ -223,7 +228,30 @@ def _leave_one_source_out(plans, splits: dict[str, _SplitData], views, options: 
             outputs.update(_baseline_outputs(plans, fit, tune, held_out, options.target_recall))
         table[source] = {name: binary_metrics(held_out.labels, scored.scores, scored.threshold).to_dict()
                          for name, scored in outputs.items()}
+        if options.examples:
+            examples[source] = _misclassified(held_out.records, outputs[_shown_scorer(outputs)], options.examples)
+    if examples:
+        table["_misclassified"] = examples
     return table
+
+
+def _shown_scorer(outputs: dict[str, Scored]) -> str:
+    return "ensemble (config)" if "ensemble (config)" in outputs else next(iter(outputs))
+
+
+def _misclassified(records: Sequence[SafetyRecord], scored: Scored, per_source: int) -> dict:
+    """The most confidently wrong records of each source: harmful ones missed, benign ones flagged."""
+    found: dict[str, dict[str, list]] = {"missed_harmful": {}, "flagged_benign": {}}
+    order = np.argsort(scored.scores)
+    for kind, rows in (("missed_harmful", order), ("flagged_benign", order[::-1])):
+        for row in rows:
+            record, score = records[row], float(scored.scores[row])
+            wrong = (record.label == 1 and score < scored.threshold) if kind == "missed_harmful" else (
+                record.label == 0 and score >= scored.threshold)
+            shown = found[kind].setdefault(record.source, []) if wrong else None
+            if shown is not None and len(shown) < per_source:
+                shown.append({"score": round(score, 4), "text": record.scored_text})
+    return found
 
 
 def _rows(data: _SplitData, source: str, keep: bool) -> np.ndarray:

@@ -54,7 +54,28 @@ def render(report: dict) -> str:
     if loso:
         by_scorer: dict[str, dict] = {}
         for source, results in loso.items():
+            if source == "_misclassified":
+                continue
             for name, metrics in results.items():
                 by_scorer.setdefault(name, {})[source] = metrics
         parts += ["", "## Leave one source out (each source scored by members refitted without it)", source_table(by_scorer)]
+    if report.get("misclassified"):
+        shown = report["misclassified"]
+        parts += ["", f"## Misclassified examples ({report.get('split') or 'data'}, {shown['scorer']})",
+                  examples_list(shown)]
+    if loso and loso.get("_misclassified"):
+        parts += ["", "## Misclassified examples, leave one source out (ensemble (config))"]
+        for source, shown in loso["_misclassified"].items():
+            parts += [f"### {source}", examples_list(shown)]
     return "\n".join(parts) + "\n"
+
+
+def examples_list(found: dict, width: int = 160) -> str:
+    lines = []
+    for kind, label in (("missed_harmful", "missed harmful"), ("flagged_benign", "flagged benign")):
+        for source, examples in sorted(found.get(kind, {}).items()):
+            for example in examples:
+                text = " ".join(example["text"].split())
+                text = text if len(text) <= width else text[: width - 1] + "…"
+                lines.append(f"- {label} ({source}, score {example['score']:.3f}): {text}")
+    return "\n".join(lines) if lines else "- none"
