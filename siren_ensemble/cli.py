@@ -188,12 +188,14 @@ def _parse_layers(value: str | None) -> tuple[int, ...] | None:
 
 
 @cli.command()
-@click.option("--backbone", required=True, help="Backbone adapter name (see `siren-ensemble plugins`).")
+@click.option("--backbone", help="Backbone adapter name (see `siren-ensemble plugins`).")
 @click.option("--model", multiple=True,
               help="Hub id, local directory, GGUF file or pkg: file of the backbone; repeat for GGUF parts to concatenate.")
 @click.option("--gguf-file", help="GGUF file: a name inside --model, or a path when --model is omitted.")
 @click.option("--sha256", help="Pinned sha256 of the GGUF file (of the parts, concatenated); a mismatch refuses to load.")
 @click.option("--revision", help="Pinned hub revision of the backbone.")
+@click.option("--member", help="Train for this member of --config: its backbone, model, sha256, revision and dtype.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="With --member: the ensemble config.")
 @click.option("--data", "data_path", required=True, type=click.Path(file_okay=False), help="Split directory (`siren-ensemble data build`).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Head directory to write.")
 @click.option("--eta", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True, help="Share of |probe weight| the safety neurons cover.")
@@ -206,7 +208,7 @@ def _parse_layers(value: str | None) -> tuple[int, ...] | None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache (default: $SIREN_ENSEMBLE_CACHE or ~/.cache/siren-ensemble).")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write the per-layer probe F1 plot here.")
-def train(backbone, model, gguf_file, sha256, revision, data_path, out_dir, eta, trials, folds, layers_text, max_length, device, dtype,
+def train(backbone, model, gguf_file, sha256, revision, member, config_path, data_path, out_dir, eta, trials, folds, layers_text, max_length, device, dtype,
           seed, cache_dir, plots_dir):
     """Train a SIREN head (layer probes, safety neurons, MLP search) on a split directory."""
     from pathlib import Path
@@ -217,7 +219,17 @@ def train(backbone, model, gguf_file, sha256, revision, data_path, out_dir, eta,
 
     _log_progress_to_stderr()
 
-    adapter = adapter_for(backbone, _one_or_parts(model), gguf_file, revision, dtype, device, sha256=sha256)
+    if member:
+        if backbone or model or gguf_file or sha256 or revision:
+            raise SirenError("--member takes the backbone from the config; leave out --backbone/--model/--gguf-file/--sha256/--revision")
+        from .config import load_config
+        from .members import adapter_of_member
+
+        adapter = adapter_of_member(load_config(config_path or DEFAULT_CONFIG), member)
+    elif not backbone:
+        raise SirenError("--backbone: required (or --member NAME [--config FILE] to train for a config's member)")
+    else:
+        adapter = adapter_for(backbone, _one_or_parts(model), gguf_file, revision, dtype, device, sha256=sha256)
     extractor = FeatureExtractor(adapter, max_length=max_length, cache_dir=cache_dir)
     options = TrainOptions(eta=eta, trials=trials, folds=folds, layers=_parse_layers(layers_text), seed=seed)
     report = train_head(extractor, data_path, out_dir, options, progress=sys.stderr.isatty())

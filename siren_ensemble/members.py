@@ -69,6 +69,19 @@ def adapter_for(backbone: str, model: str | list[str] | None, gguf_file: str | N
     return registration.cls(_backbone_spec(member, None, config.base_dir, registration.name, "arguments"))
 
 
+def adapter_of_member(config: EnsembleConfig, name: str) -> BackboneAdapter:
+    """The backbone of one named member of a config (``train --config --member``); its head need not exist yet."""
+    names = [member.name for member in config.members]
+    if name not in names:
+        raise ConfigError(f"--member: {config.source} has no member {name!r} (it has {', '.join(names)})")
+    index = names.index(name)
+    member = config.members[index]
+    if member.model is None and member.gguf_file is None:
+        raise ConfigError(f"members[{index}].model: training needs the member's model (the head may not exist yet)")
+    registration = plugins.backbones().get(member.backbone)
+    return registration.cls(_backbone_spec(member, None, config.base_dir, registration.name, f"members[{index}]"))
+
+
 def check_heads_against_backbones(plans: list[MemberPlan]) -> None:
     """Read each distinct backbone's config (no weights) and check every head can read it."""
     depth_and_width: dict[BackboneSpec, tuple[int, int]] = {}

@@ -6,6 +6,7 @@ the pinned sha256, so only the first run pays for the conversion.
 """
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,15 @@ def test_default_ensemble_flags_the_obvious_cases(default_ensemble):
     results = default_ensemble.score_batch(harmful + benign)
     assert [result.is_harmful for result in results] == [True, True, False, False], [r.score for r in results]
     assert set(results[0].members) == set(DEFAULT_MEMBERS)
+
+
+def test_score_without_config_uses_the_default_ensemble(default_ensemble):
+    from click.testing import CliRunner
+
+    from siren_ensemble.cli import cli
+
+    result = CliRunner().invoke(cli, ["score", "What is the capital of France?"])
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.output.strip().splitlines()[-1])
+    assert set(scored["members"]) == set(DEFAULT_MEMBERS)
+    assert scored["is_harmful"] is False

@@ -8,10 +8,12 @@ import hashlib
 import sys
 
 import pytest
+from click.testing import CliRunner
 
 from siren_ensemble import ArtifactError, ConfigError, gguf_cache
 from siren_ensemble.config import load_config
-from siren_ensemble.members import adapter_for, plan_members
+from siren_ensemble.cli import cli
+from siren_ensemble.members import adapter_for, adapter_of_member, plan_members
 from siren_ensemble.packaged import resolve_packaged
 
 
@@ -172,3 +174,18 @@ def test_train_arguments_take_parts_and_a_pin(data_package):
     adapter = adapter_for("llama3", ["pkg:weights_pkg_for_tests/data/part00.bin", "pkg:weights_pkg_for_tests/data/part01.bin"],
                           sha256="1" * 64)
     assert len(adapter.spec.gguf_parts) == 2 and adapter.spec.sha256 == "1" * 64
+
+
+def test_train_for_a_config_member_takes_its_weights(write_config, data_package):
+    path = write_config({"members": [{
+        "name": "parts", "backbone": "llama3", "head": "not-trained-yet", "sha256": "2" * 64,
+        "model": ["pkg:weights_pkg_for_tests/data/part00.bin", "pkg:weights_pkg_for_tests/data/part01.bin"],
+    }]})
+    config = load_config(path)
+    adapter = adapter_of_member(config, "parts")
+    assert adapter.spec.sha256 == "2" * 64 and len(adapter.spec.gguf_parts) == 2
+    with pytest.raises(ConfigError, match=r"--member: .* has no member 'part' \(it has parts\)"):
+        adapter_of_member(config, "part")
+    result = CliRunner().invoke(cli, ["train", "--member", "parts", "--config", str(path), "--backbone", "llama3",
+                                      "--data", "d", "--out", "o"])
+    assert result.exit_code == 2 and "--member takes the backbone from the config" in result.output
