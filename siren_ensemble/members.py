@@ -132,7 +132,7 @@ def _backbone_spec(member: MemberConfig, head: SirenHead | None, base_dir: Path,
     gguf_parts = None
     if isinstance(model, list):
         gguf_parts = tuple(str(_local_file(part, base_dir, f"{where}.model[{i}]")) for i, part in enumerate(model))
-        model = " + ".join(model)
+        model = model[0] + (f" (+{len(model) - 1} more parts)" if len(model) > 1 else "")
     elif model is not None and is_packaged(model):
         path = _local_file(model, base_dir, f"{where}.model")
         if path.is_dir():
