@@ -172,3 +172,21 @@ def test_cli_train_evaluate_and_fit_stacker(tiny_models, synthetic_data, trained
     result = runner.invoke(cli, ["train", "--backbone", "llama3", "--model", str(tiny_models["llama"]), "--data", str(synthetic_data),
                                  "--out", str(tmp_path / "x"), "--layers", "one"])
     assert result.exit_code == 2 and "--layers: expected e.g. 4-20" in result.output
+
+
+def test_a_calibrated_config_goes_anywhere_unless_it_has_relative_paths(tmp_path):
+    from siren_ensemble.evaluation.calibrate import write_calibrated_config
+
+    source = tmp_path / "configs" / "ensemble.yaml"
+    source.parent.mkdir()
+    (source.parent / "head").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    source.write_text(yaml.safe_dump({"members": [{"name": "m", "backbone": "llama3", "head": "pkg:some_pkg/heads/m",
+                                                   "model": str(tmp_path / "model.gguf")}]}))
+    written = write_calibrated_config(source, elsewhere / "tuned.yaml", 0.25, None)
+    assert yaml.safe_load(written.read_text())["threshold"] == 0.25
+
+    source.write_text(yaml.safe_dump({"members": [{"name": "m", "backbone": "llama3", "head": "head"}]}))
+    with pytest.raises(Exception, match=r"write it next to .*: its members\[0\]\.head is a relative path"):
+        write_calibrated_config(source, elsewhere / "tuned.yaml", 0.25, None)

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..config import load_config
+from ..config import is_local, load_config
 from ..data.records import read_dataset
 from ..errors import ConfigError, InputError
 from ..members import validate_plan
+from ..packaged import is_packaged
 from ..calibration import Method, fit_calibration
 from .metrics import binary_metrics, threshold_for_recall
 from .scoring import FeatureScorer
@@ -76,10 +77,27 @@ def write_calibrated_config(config_path: str | Path, out: str | Path, threshold:
     """A copy of the config with ``threshold`` (and ``calibration``) set; paths stay relative to ``out``'s directory."""
     config_path, out = Path(config_path), Path(out)
     raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    if out.resolve().parent != config_path.resolve().parent:
-        raise InputError(f"--write-config: write it next to {config_path} so its relative paths stay valid")
+    relative = _relative_paths(raw, config_path.resolve().parent)
+    if relative and out.resolve().parent != config_path.resolve().parent:
+        raise InputError(f"--write-config: write it next to {config_path}: its {relative[0]} is a relative path")
     raw["threshold"] = round(float(threshold), 6)
     if calibration_path is not None:
         raw["calibration"] = os.path.relpath(Path(calibration_path).resolve(), out.resolve().parent)
     out.write_text(yaml.safe_dump(raw, sort_keys=False))
     return out
+
+
+def _relative_paths(raw: dict, base_dir: Path) -> list[str]:
+    """Fields of a raw config that name a file relative to its directory (pkg: and hub ids are not)."""
+    found = []
+    for index, member in enumerate(raw.get("members") or []):
+        for field in ("head", "model", "gguf_file"):
+            values = member.get(field)
+            for value in values if isinstance(values, list) else [values]:
+                if isinstance(value, str) and not is_packaged(value) and not Path(value).expanduser().is_absolute() \
+                        and is_local(value, base_dir):
+                    found.append(f"members[{index}].{field}")
+    for field, value in (("combiner.params", (raw.get("combiner") or {}).get("params")), ("calibration", raw.get("calibration"))):
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            found.append(field)
+    return found
