@@ -1,4 +1,4 @@
-"""Where siren-ensemble keeps things it can rebuild: extracted features (and, later, converted weights)."""
+"""Where siren-ensemble keeps things it can rebuild: extracted features and converted GGUF weights."""
 
 from __future__ import annotations
 

@@ -37,7 +37,6 @@ class MemberPlan:
 
 
 def plan_members(config: EnsembleConfig) -> list[MemberPlan]:
-    registry = plugins.backbones()
     plans = []
     for index, member in enumerate(config.members):
         where = f"members[{index}]"
@@ -45,8 +44,7 @@ def plan_members(config: EnsembleConfig) -> list[MemberPlan]:
             head = SirenHead.load(_head_directory(member, config.base_dir))
         except SirenError as error:
             raise type(error)(f"{where}.head: {error}") from None
-        registration = registry.get(member.backbone)
-        adapter = registration.cls(_backbone_spec(member, head, config.base_dir, registration.name, where))
+        adapter = _adapter(member, head, config.base_dir, where)
         threshold = member.threshold if member.threshold is not None else head.default_threshold
         plans.append(MemberPlan(index, member.name, head, adapter, member.weight, threshold))
     return plans
@@ -65,8 +63,7 @@ def adapter_for(backbone: str, model: str | list[str] | None, gguf_file: str | N
     member = config.members[0]
     if member.model is None and member.gguf_file is None:
         raise ConfigError("--model: required (a hub id, a local directory, a GGUF or pkg: file), or --gguf-file alone")
-    registration = plugins.backbones().get(member.backbone)
-    return registration.cls(_backbone_spec(member, None, config.base_dir, registration.name, "arguments"))
+    return _adapter(member, None, config.base_dir, "arguments")
 
 
 def adapter_of_member(config: EnsembleConfig, name: str) -> BackboneAdapter:
@@ -78,8 +75,12 @@ def adapter_of_member(config: EnsembleConfig, name: str) -> BackboneAdapter:
     member = config.members[index]
     if member.model is None and member.gguf_file is None:
         raise ConfigError(f"members[{index}].model: training needs the member's model (the head may not exist yet)")
+    return _adapter(member, None, config.base_dir, f"members[{index}]")
+
+
+def _adapter(member: MemberConfig, head: SirenHead | None, base_dir: Path, where: str) -> BackboneAdapter:
     registration = plugins.backbones().get(member.backbone)
-    return registration.cls(_backbone_spec(member, None, config.base_dir, registration.name, f"members[{index}]"))
+    return registration.cls(_backbone_spec(member, head, base_dir, registration.name, where))
 
 
 def check_heads_against_backbones(plans: list[MemberPlan]) -> None:
