@@ -14,11 +14,11 @@ import torch
 import yaml
 
 from siren_ensemble import ArtifactError, Ensemble, InputError, gguf_cache
-from siren_ensemble.config import load_config
+from siren_ensemble.config import EnsembleConfig, load_config
 from siren_ensemble.default_ensemble import DEFAULT_CONFIG
 from siren_ensemble.encoding import pad_batch
 from siren_ensemble.extraction import LoadedBackbone, masked_mean
-from siren_ensemble.members import adapter_for, validate_plan
+from siren_ensemble.members import adapter_of_member, validate_plan
 from siren_ensemble.testing import random_head
 from siren_ensemble.text import clean_text
 
@@ -46,11 +46,13 @@ def require_packages(member: dict) -> None:
         pytest.skip(f"weight packages not installed: {', '.join(missing)} (make install-models)")
 
 
-def member_adapter(name: str, **overrides):
-    member = DEFAULT_MEMBERS[name]
-    require_packages(member)
-    return adapter_for(member["backbone"], overrides.get("model", member["model"]),
-                       sha256=overrides.get("sha256", member["sha256"]))
+def member_adapter(name: str, sha256: str | None = None):
+    """The backbone of a default member, read through the config like `train --member` (optionally re-pinned)."""
+    require_packages(DEFAULT_MEMBERS[name])
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    if sha256 is not None:
+        next(member for member in raw["members"] if member["name"] == name)["sha256"] = sha256
+    return adapter_of_member(EnsembleConfig.from_dict(raw, base_dir=DEFAULT_CONFIG.parent), name)
 
 
 @pytest.fixture(scope="module", params=list(SHAPES))
