@@ -15,15 +15,12 @@ import numpy as np
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
+from .combiners import logit
 from .errors import ArtifactError
 
 Method = Literal["platt", "isotonic"]
-_EPSILON = 1e-6
-
-
-def _logit(scores: np.ndarray) -> np.ndarray:
-    clipped = np.clip(np.asarray(scores, dtype=np.float64), _EPSILON, 1 - _EPSILON)
-    return np.log(clipped / (1 - clipped))
+#: A member's calibration, beside its head's siren_config.json (llm-siren ignores it).
+MEMBER_CALIBRATION_FILE = "calibration.json"
 
 
 @dataclass(frozen=True)
@@ -34,7 +31,7 @@ class Calibration:
     def apply(self, scores: np.ndarray) -> np.ndarray:
         scores = np.asarray(scores, dtype=np.float64)
         if self.method == "platt":
-            z = self.parameters["slope"] * _logit(scores) + self.parameters["intercept"]
+            z = self.parameters["slope"] * logit(scores) + self.parameters["intercept"]
             return 1.0 / (1.0 + np.exp(-z))
         return np.interp(scores, self.parameters["x"], self.parameters["y"])
 
@@ -67,7 +64,7 @@ class Calibration:
 def fit_calibration(scores: np.ndarray, labels: np.ndarray, method: Method) -> Calibration:
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=int)
     if method == "platt":
-        model = LogisticRegression(C=1e6, max_iter=1000).fit(_logit(scores).reshape(-1, 1), labels)
+        model = LogisticRegression(C=1e6, max_iter=1000).fit(logit(scores).reshape(-1, 1), labels)
         return Calibration("platt", {"slope": float(model.coef_[0, 0]), "intercept": float(model.intercept_[0])})
     isotonic = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scores, labels)
     return Calibration("isotonic", {"x": isotonic.X_thresholds_.tolist(), "y": isotonic.y_thresholds_.tolist()})

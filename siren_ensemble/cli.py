@@ -136,27 +136,25 @@ def validate(config_path):
 
 @cli.command(name="fit-stacker")
 @config_option
-@click.option("--data", "data_path", required=True, help="A split directory (its validation split is used) or a labelled JSONL file.")
+@click.option("--data", "data_path", required=True, type=click.Path(file_okay=False),
+              help="A split directory: fitted on cross-fitted member scores over its train and validation splits.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Where to write the parameters (.json or .safetensors).")
-def fit_stacker_command(config_path, data_path, out_path):
-    """Fit the stacking combiner's logistic regression on labelled validation data (never test data)."""
-    import numpy as np
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True),
+              help="Store the threshold reaching this recall on the stacker's out-of-fold predictions of validation.")
+@click.option("--interactions", is_flag=True, help="Add the pairwise products of member logits as features.")
+@click.option("--folds", type=click.IntRange(2), default=3, show_default=True, help="Cross-fitting folds.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
+def fit_stacker_command(config_path, data_path, out_path, target_recall, interactions, folds, cache_dir):
+    """Fit the stacking combiner on cross-fitted (out-of-fold) member scores over train + validation (never test)."""
+    from .evaluation.crossfit import fit_stacker_on_split
 
-    from .data.records import read_dataset
-    from .ensemble import Ensemble
-    from .stacking import fit_stacker
-
-    records = read_dataset(data_path, "validation")
-    ensemble = Ensemble.from_config(config_path)
-    results = ensemble.score_batch([record.scored_text for record in records], progress=sys.stderr.isatty())
-    failed = [index for index, result in enumerate(results) if result.errors]
-    if failed:
-        raise SirenError(f"{data_path}: members failed on records {failed[:5]}; cannot fit on incomplete scores")
-    scores = np.array([[result.members[name] for name in ensemble.member_names] for result in results])
-    params = fit_stacker(scores, [record.label for record in records], ensemble.member_names)
+    _log_progress_to_stderr()
+    params, report = fit_stacker_on_split(config_path, data_path, target_recall, interactions, folds, cache_dir=cache_dir,
+                                          progress=sys.stderr.isatty())
     params.save(out_path)
     click.echo(json.dumps({"out": out_path, "members": list(params.members), "coefficients": list(params.coefficients),
-                           "intercept": params.intercept, **params.fitted_on}))
+                           "intercept": params.intercept, "interactions": [list(pair) for pair in params.interactions],
+                           **report}))
 
 
 def _log_progress_to_stderr() -> None:
@@ -204,7 +202,8 @@ def _parse_layers(value: str | None) -> tuple[int, ...] | None:
 @click.option("--layers", "layers_text", help="Layers to probe, e.g. 4-20 or 3,5,7 (default: all).")
 @click.option("--max-length", type=click.IntRange(1), default=512, show_default=True, help="Tokens read per text (longer texts are truncated).")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+              help="auto: bfloat16 on a CPU with native bf16 or a bf16 GPU, else float32 (default: float32; with --member, the member's dtype).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache (default: $SIREN_ENSEMBLE_CACHE or ~/.cache/siren-ensemble).")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write the per-layer probe F1 plot here.")
@@ -225,11 +224,11 @@ def train(backbone, model, gguf_file, sha256, revision, member, config_path, dat
         from .config import load_config
         from .members import adapter_of_member
 
-        adapter = adapter_of_member(load_config(config_path or DEFAULT_CONFIG), member)
+        adapter = adapter_of_member(load_config(config_path or DEFAULT_CONFIG), member, dtype=dtype)
     elif not backbone:
         raise SirenError("--backbone: required (or --member NAME [--config FILE] to train for a config's member)")
     else:
-        adapter = adapter_for(backbone, _one_or_parts(model), gguf_file, revision, dtype, device, sha256=sha256)
+        adapter = adapter_for(backbone, _one_or_parts(model), gguf_file, revision, dtype or "float32", device, sha256=sha256)
     extractor = FeatureExtractor(adapter, max_length=max_length, cache_dir=cache_dir)
     options = TrainOptions(eta=eta, trials=trials, folds=folds, layers=_parse_layers(layers_text), seed=seed)
     report = train_head(extractor, data_path, out_dir, options, progress=sys.stderr.isatty())
@@ -248,11 +247,12 @@ def train(backbone, model, gguf_file, sha256, revision, member, config_path, dat
 @click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), help="Choose every scorer's threshold on validation for this recall (default: configured thresholds).")
 @click.option("--no-baselines", is_flag=True, help="Skip the last-layer probe and TF-IDF baselines.")
 @click.option("--no-loso", is_flag=True, help="Skip the leave-one-source-out table.")
+@click.option("--no-stackers", is_flag=True, help="Skip the stackers fitted on cross-fitted member scores (they refit each member's MLP per fold).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write ROC, PR and per-layer F1 plots (PNG) here.")
 @click.option("--examples", type=click.IntRange(0), default=0, show_default=True,
               help="Show this many misclassified records per source and kind (missed harmful, flagged benign).")
-def evaluate(config_path, data_path, split, out_path, target_recall, no_baselines, no_loso, cache_dir, plots_dir, examples):
+def evaluate(config_path, data_path, split, out_path, target_recall, no_baselines, no_loso, no_stackers, cache_dir, plots_dir, examples):
     """Metrics of every member, every combiner and the baselines, per source, plus leave-one-source-out."""
     from pathlib import Path
 
@@ -261,7 +261,7 @@ def evaluate(config_path, data_path, split, out_path, target_recall, no_baseline
 
     _log_progress_to_stderr()
     options = EvaluateOptions(split=split, target_recall=target_recall, baselines=not no_baselines, leave_one_source_out=not no_loso,
-                              examples=examples)
+                              stackers=not no_stackers, examples=examples)
     report = run_evaluation(config_path, data_path, options, cache_dir, progress=sys.stderr.isatty(), plots_dir=plots_dir)
     if out_path:
         Path(out_path).write_text(json.dumps(report, indent=2) + "\n")

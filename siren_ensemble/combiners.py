@@ -16,6 +16,19 @@ from pydantic import BaseModel, ConfigDict
 from .errors import ConfigError
 
 
+#: Probabilities are clipped this far from 0 and 1 before taking logits.
+LOGIT_EPSILON = 1e-6
+
+
+def logit(probabilities: np.ndarray) -> np.ndarray:
+    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), LOGIT_EPSILON, 1 - LOGIT_EPSILON)
+    return np.log(clipped / (1 - clipped))
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
 @dataclass(frozen=True)
 class MemberView:
     """What a combiner may know about a member."""
@@ -68,6 +81,28 @@ class WeightedMeanCombiner(Combiner):
 
     def combine(self, scores: np.ndarray) -> np.ndarray:
         return scores @ self.weights
+
+
+class LogitMeanCombiner(Combiner):
+    """Pooled log-odds: the weighted mean of the members' logits, back through the sigmoid.
+
+    With members calibrated onto one scale this is the natural average of probabilities: two members
+    at 0.9 and 0.1 give 0.5, while one confident member among unsure ones moves the score less than
+    ``max`` lets it (the everyday requests that one member alone scores above 0.9).
+    """
+
+    name = "logit_mean"
+    description = "sigmoid of the weighted mean of member logits (pooled log-odds of calibrated members)"
+
+    def __init__(self, options, members, config_dir):
+        super().__init__(options, members, config_dir)
+        weights = np.array([member.weight for member in self.members], dtype=np.float64)
+        if weights.sum() <= 0:
+            raise ConfigError("members[*].weight: logit_mean needs a positive total weight")
+        self.weights = weights / weights.sum()
+
+    def combine(self, scores: np.ndarray) -> np.ndarray:
+        return sigmoid(logit(scores) @ self.weights)
 
 
 class MaxCombiner(Combiner):

@@ -44,7 +44,8 @@ class MemberConfig(_Strict):
     device: str = Field("cpu", pattern=DEVICE_PATTERN)
     device_map: dict[str, str | int] | None = None
     max_memory: dict[str | int, str | int] | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    #: auto: bfloat16 on a CPU with native bf16 (AVX512-BF16, AMX) or a bf16 GPU, else float32.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     weight: float = Field(1.0, ge=0)
     threshold: float | None = Field(None, ge=0, le=1)
     trust_remote_code: bool = False

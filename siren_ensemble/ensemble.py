@@ -17,17 +17,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .backbones.base import BackboneSpec
-from .calibration import Calibration
-from .combiners import Combiner
-from .config import BatchingConfig, EnsembleConfig, SlidingWindowConfig, load_config, resolve_path
+from .config import BatchingConfig, EnsembleConfig, SlidingWindowConfig, load_config
+from .decision import DecisionPath
 from .encoding import SpecialTokenLayout, encode_windows, plan_batches
 from .errors import ConfigError, InputError, MemberError, SirenError
 from .extraction import LoadedBackbone, union_of
-from .members import MemberPlan, validate_plan
+from .members import MemberPlan, plan_members, check_heads_against_backbones
 from .streaming import EnsembleStream, PassStream
 from .text import clean_text, join_prompt_response
-
-DEFAULT_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -75,19 +72,14 @@ class _MemberScores:
 
 
 class Ensemble:
-    def __init__(self, config: EnsembleConfig, plans: list[MemberPlan], combiner: Combiner,
-                 backbones: dict[BackboneSpec, LoadedBackbone]):
+    def __init__(self, config: EnsembleConfig, plans: list[MemberPlan], backbones: dict[BackboneSpec, LoadedBackbone],
+                 decision: DecisionPath | None = None):
         self.config = config
         self.plans = plans
         self.member_names = [plan.name for plan in plans]
-        self.combiner = combiner
-        implied = self.combiner.default_threshold()
-        self.threshold = config.threshold if config.threshold is not None else (
-            implied if implied is not None else DEFAULT_THRESHOLD
-        )
-        self.calibration = (
-            Calibration.load(resolve_path(config.calibration, config.base_dir)) if config.calibration else None
-        )
+        #: Member scores -> member calibration -> combiner -> calibration -> threshold -> failure policy.
+        self.decision = decision or DecisionPath.from_config(config, plans)
+        self.threshold = self.decision.threshold
         self._passes = _group_passes(plans, backbones, config.sliding_window)
         self._lock = threading.Lock()
         for plan in plans:
@@ -97,7 +89,9 @@ class Ensemble:
     def from_config(cls, config: str | Path | EnsembleConfig) -> "Ensemble":
         if not isinstance(config, EnsembleConfig):
             config = load_config(config)
-        plans, combiner = validate_plan(config)
+        plans = plan_members(config)
+        check_heads_against_backbones(plans)
+        decision = DecisionPath.from_config(config, plans)  # a bad combiner stops here, before weights load
         backbones: dict[BackboneSpec, LoadedBackbone] = {}
         for plan in plans:
             try:
@@ -106,7 +100,7 @@ class Ensemble:
                 backbones[plan.spec].check_readable(plan.head)
             except SirenError as error:
                 raise type(error)(f"{plan.where}: {error}") from None
-        return cls(config, plans, combiner, backbones)
+        return cls(config, plans, backbones, decision)
 
     # ---- public API (mirrors llm-siren's SirenGuard) -------------------------------------
 
@@ -247,27 +241,20 @@ class Ensemble:
     def _combine(self, member_scores: _MemberScores, threshold: float) -> list[EnsembleResult]:
         scores, errors = member_scores.scores, member_scores.errors
         failed = np.array([bool(text_errors) for text_errors in errors])
-        policy = self.config.on_member_error
-        if failed.any() and policy == "raise":
+        if failed.any() and self.config.on_member_error == "raise":
             row = int(np.argmax(failed))
             name, message = next(iter(errors[row].items()))
             raise MemberError(f"member {name!r} failed on text {row}: {message}")
-        filled = np.where(np.isnan(scores), 0.0, scores)  # fail_open: a failed member counts as benign
-        combined = self.combiner.combine(filled)
-        if self.calibration is not None:
-            combined = self.calibration.apply(combined)
+        decisions = self.decision.decide(scores, failed, threshold)
         results = []
         for row in range(len(scores)):
             members = {
                 name: (None if math.isnan(scores[row, column]) else float(scores[row, column]))
                 for column, name in enumerate(self.member_names)
             }
-            score = float(combined[row])
-            if failed[row] and policy == "fail_closed":
-                score = 1.0
             results.append(EnsembleResult(
-                score=score, is_harmful=score >= threshold, threshold=threshold, members=members,
-                truncated=bool(member_scores.truncated[row]), errors=dict(errors[row]),
+                score=float(decisions.scores[row]), is_harmful=bool(decisions.is_harmful[row]), threshold=threshold,
+                members=members, truncated=bool(member_scores.truncated[row]), errors=dict(errors[row]),
             ))
         return results
 

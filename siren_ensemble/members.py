@@ -11,11 +11,13 @@ from pathlib import Path
 
 from . import plugins
 from .backbones.base import BackboneAdapter, BackboneSpec
+from .calibration import MEMBER_CALIBRATION_FILE, Calibration
 from .combiners import Combiner, MemberView
-from .config import EnsembleConfig, MemberConfig, is_local, resolve_path
+from .config import CombinerConfig, EnsembleConfig, MemberConfig, is_local, resolve_path
 from .errors import ArtifactError, ConfigError, SirenError
 from .head import CONFIG_FILE, WEIGHTS_FILE, SirenHead
 from .packaged import is_packaged, resolve_packaged
+from .precision import resolve_dtype
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,9 @@ class MemberPlan:
     adapter: BackboneAdapter
     weight: float
     threshold: float
+    #: Maps this head's score onto the scale the members share (fitted on out-of-fold scores by `train`);
+    #: ``None`` when the head directory has no ``calibration.json``.
+    calibration: Calibration | None = None
 
     @property
     def spec(self) -> BackboneSpec:
@@ -41,12 +46,14 @@ def plan_members(config: EnsembleConfig) -> list[MemberPlan]:
     for index, member in enumerate(config.members):
         where = f"members[{index}]"
         try:
-            head = SirenHead.load(_head_directory(member, config.base_dir))
+            directory = _head_directory(member, config.base_dir)
+            head = SirenHead.load(directory)
+            calibration = Calibration.load(directory / MEMBER_CALIBRATION_FILE) if (directory / MEMBER_CALIBRATION_FILE).is_file() else None
         except SirenError as error:
             raise type(error)(f"{where}.head: {error}") from None
         adapter = _adapter(member, head, config.base_dir, where)
         threshold = member.threshold if member.threshold is not None else head.default_threshold
-        plans.append(MemberPlan(index, member.name, head, adapter, member.weight, threshold))
+        plans.append(MemberPlan(index, member.name, head, adapter, member.weight, threshold, calibration))
     return plans
 
 
@@ -66,8 +73,11 @@ def adapter_for(backbone: str, model: str | list[str] | None, gguf_file: str | N
     return _adapter(member, None, config.base_dir, "arguments")
 
 
-def adapter_of_member(config: EnsembleConfig, name: str) -> BackboneAdapter:
-    """The backbone of one named member of a config (``train --config --member``); its head need not exist yet."""
+def adapter_of_member(config: EnsembleConfig, name: str, dtype: str | None = None) -> BackboneAdapter:
+    """The backbone of one named member of a config (``train --config --member``); its head need not exist yet.
+
+    ``dtype`` replaces the member's own (features for training in bf16 from a float32 config, say).
+    """
     names = [member.name for member in config.members]
     if name not in names:
         raise ConfigError(f"--member: {config.source} has no member {name!r} (it has {', '.join(names)})")
@@ -75,6 +85,8 @@ def adapter_of_member(config: EnsembleConfig, name: str) -> BackboneAdapter:
     member = config.members[index]
     if member.model is None and member.gguf_file is None:
         raise ConfigError(f"members[{index}].model: training needs the member's model (the head may not exist yet)")
+    if dtype is not None:
+        member = member.model_copy(update={"dtype": dtype})
     return _adapter(member, None, config.base_dir, f"members[{index}]")
 
 
@@ -164,7 +176,7 @@ def _backbone_spec(member: MemberConfig, head: SirenHead | None, base_dir: Path,
         gguf_parts=gguf_parts,
         sha256=member.sha256,
         revision=revision,
-        dtype=member.dtype,
+        dtype=resolve_dtype(member.dtype, member.device),
         device=member.device,
         device_map=tuple(sorted(member.device_map.items())) if member.device_map else None,
         max_memory=tuple(sorted(member.max_memory.items(), key=str)) if member.max_memory else None,
@@ -173,11 +185,17 @@ def _backbone_spec(member: MemberConfig, head: SirenHead | None, base_dir: Path,
     )
 
 
-def build_combiner(config: EnsembleConfig, plans: list[MemberPlan]) -> Combiner:
-    registration = plugins.combiners().get(config.combiner.type)
-    views = [MemberView(plan.name, plan.weight, plan.threshold) for plan in plans]
+def build_combiner(config: EnsembleConfig, plans: list[MemberPlan], combiner: CombinerConfig | None = None,
+                   thresholds: list[float] | None = None) -> Combiner:
+    """The config's combiner, or ``combiner`` in its place; ``thresholds`` replace the members' own (vote)."""
+    combiner = combiner or config.combiner
+    registration = plugins.combiners().get(combiner.type)
+    thresholds = thresholds if thresholds is not None else [plan.threshold for plan in plans]
+    views = [MemberView(plan.name, plan.weight, threshold) for plan, threshold in zip(plans, thresholds)]
     try:
-        return registration.cls(config.combiner_options(), views, config.base_dir)
+        options = registration.cls.Options.model_validate(combiner.options) if combiner is not config.combiner \
+            else config.combiner_options()
+        return registration.cls(options, views, config.base_dir)
     except SirenError as error:
         raise type(error)(f"{config.source}: {error}") from None
 

@@ -188,6 +188,44 @@ def write_synthetic_split(directory: str | Path, seed: int = 0) -> Path:
     (directory / "manifest.json").write_text(json.dumps({"synthetic": True, "seed": seed, "counts": counts}) + "\n")
     return directory
 
+
+_NEUTRAL_WORDS = ["the", "sea", "bread", "home", "wind", "poem", "short", "history", "capital", "garden", "music",
+                  "article", "simple", "europe", "query", "name", "fox", "dog", "brown", "quick", "policy", "two",
+                  "step", "train", "system", "write", "about", "press", "paris", "city"]
+RISK_WORD = "poison"
+
+
+def write_risk_word_split(directory: str | Path, counts: tuple[int, int, int] = (300, 100, 200), seed: int = 0,
+                          words: tuple[int, int] = (5, 9)) -> Path:
+    """A split directory where the label is whether ``RISK_WORD`` was inserted among random neutral words.
+
+    Half the texts of each split are harmful; every text is its own group. ``words`` bounds the
+    number of neutral words, so a small ``max_length`` still sees the whole text.
+    """
+    import json
+    import random
+
+    from .data.records import SafetyRecord, write_records
+
+    rng = random.Random(seed)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def record(label: int) -> SafetyRecord:
+        text = rng.choices(_NEUTRAL_WORDS, k=rng.randint(*words))
+        if label:
+            text.insert(rng.randint(0, len(text)), RISK_WORD)
+        return SafetyRecord(label=label, source="risk-word" if label else "neutral", text=" ".join(text))
+
+    for name, count in zip(("train", "validation", "test"), counts):
+        records = [record(index % 2) for index in range(count)]
+        rng.shuffle(records)
+        write_records(directory / f"{name}.jsonl", records)
+    manifest = {"synthetic": "risk-word", "seed": seed, "counts": dict(zip(("train", "validation", "test"), counts))}
+    (directory / "manifest.json").write_text(json.dumps(manifest) + "\n")
+    return directory
+
+
 if __name__ == "__main__":
     import sys
 

@@ -69,3 +69,11 @@ def trained_heads(tiny_models, synthetic_data, tmp_path_factory) -> dict:
         train_head(extractor, synthetic_data, root / architecture, TrainOptions(trials=3, folds=2))
         heads[architecture] = root / architecture
     return heads
+
+
+@pytest.fixture(scope="session")
+def risk_word_data(tmp_path_factory) -> Path:
+    """300/100/200 texts of random neutral words, half of them with one risk word inserted."""
+    from siren_ensemble.testing import write_risk_word_split
+
+    return write_risk_word_split(tmp_path_factory.mktemp("risk_word") / "split")

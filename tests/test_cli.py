@@ -113,7 +113,7 @@ def test_bad_config_is_one_line_naming_the_field(write_config, tmp_path):
     path = write_config({"members": [{"name": "a", "backbone": "llama3", "head": "h", "dtype": "fp8"}]})
     result = run("validate", "--config", path)
     assert result.exit_code == 2
-    assert result.stderr.strip().splitlines() == [f"Error: {path}: members[0].dtype: Input should be 'float32', 'bfloat16' or 'float16'"]
+    assert result.stderr.strip().splitlines() == [f"Error: {path}: members[0].dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16'"]
 
 
 def test_validate_reports_members_without_loading_weights(config, monkeypatch):
@@ -132,28 +132,41 @@ def test_plugins_json_lists_builtins():
     assert {entry["plugin"] for entry in listing["combiners"]} == {"siren-ensemble (built-in)"}
 
 
+def _split_dir(directory, per_split: int = 12):
+    directory.mkdir()
+    for split in ("train", "validation"):
+        records = [{"text": f"harmful {split} request number {i}", "label": 1, "source": "s"} for i in range(per_split)]
+        records += [{"prompt": f"benign {split} question {i}", "response": "an answer", "label": "benign", "source": "s"}
+                    for i in range(per_split)]
+        (directory / f"{split}.jsonl").write_text("\n".join(json.dumps(record) for record in records) + "\n")
+    return directory
+
+
 @pytest.mark.parametrize("suffix", [".json", ".safetensors"])
 def test_fit_stacker_then_score_with_stacking(config, tmp_path, write_config, tiny_models, write_head, suffix):
-    data = tmp_path / "validation.jsonl"
-    records = [{"text": f"harmful request number {i}", "label": 1} for i in range(6)]
-    records += [{"prompt": f"benign question {i}", "response": "an answer", "label": "benign"} for i in range(6)]
-    data.write_text("\n".join(json.dumps(record) for record in records) + "\n")
+    data = _split_dir(tmp_path / "split")
     params = tmp_path / f"stacker{suffix}"
-    fitted = run("fit-stacker", "--config", config, "--data", data, "--out", params)
+    fitted = run("fit-stacker", "--config", config, "--data", data, "--out", params, "--target-recall", "0.9", "--interactions",
+                 "--cache-dir", tmp_path / "cache")
     assert fitted.exit_code == 0, fitted.output
     summary = json.loads(fitted.stdout)
-    assert summary["members"] == ["a", "b"] and summary["examples"] == 12 and summary["harmful"] == 6
+    # Fitted on the cross-fitted scores of train + validation, not validation alone.
+    assert summary["members"] == ["a", "b"] and summary["examples"] == 48 and summary["harmful"] == 24
+    assert summary["interactions"] == [["a", "b"]] and len(summary["coefficients"]) == 3
+    assert summary["validation_out_of_fold"]["recall"] >= 0.9 and 0.0 <= summary["threshold"] <= 1.0
 
     head = write_head(tiny_models["llama"], max_length=16)
     stacked = write_config({
         "members": [{"name": n, "backbone": "llama3", "head": str(head)} for n in ("a", "b")],
         "combiner": {"type": "stacking", "params": params.name},
     }, name="stacked.yaml")
-    assert 0.0 <= rows(run("score", "--config", stacked, "hello"))[0]["score"] <= 1.0
+    scored = rows(run("score", "--config", stacked, "hello"))[0]
+    assert 0.0 <= scored["score"] <= 1.0
+    assert scored["threshold"] == pytest.approx(summary["threshold"])  # the stacker implies its own threshold
 
 
 def test_fit_stacker_needs_labels(config, tmp_path):
-    data = tmp_path / "unlabelled.jsonl"
-    data.write_text('{"text": "a"}\n')
-    result = run("fit-stacker", "--config", config, "--data", data, "--out", tmp_path / "s.json")
+    data = _split_dir(tmp_path / "split")
+    (data / "validation.jsonl").write_text('{"text": "a"}\n')
+    result = run("fit-stacker", "--config", config, "--data", data, "--out", tmp_path / "s.json", "--cache-dir", tmp_path / "cache")
     assert result.exit_code == 2 and "line 1: `label` must be 0/1" in result.stderr

@@ -13,7 +13,7 @@ def member(head="head", **extra):
 
 @pytest.mark.parametrize("config,message", [
     ({"members": []}, "members: List should have at least 1 item"),
-    ({"members": [member(dtype="float64")]}, "members[0].dtype: Input should be 'float32', 'bfloat16' or 'float16'"),
+    ({"members": [member(dtype="float64")]}, "members[0].dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16'"),
     ({"members": [member(), member(name="n", treshold=0.3)]}, "members[1].treshold: unknown field; did you mean 'threshold'?"),
     ({"members": [member(), member()]}, "members[1].name: duplicate name 'm' (also members[0])"),
     ({"members": [member(backbone="lama3")]}, "members[0].backbone: Unknown backbone 'lama3'. Did you mean: llama3?"),
@@ -41,7 +41,7 @@ def test_errors_name_the_field(write_config, config, message):
 
 def test_unknown_combiner_suggests_close_names(write_config):
     path = write_config({"members": [member()], "combiner": {"type": "weighted-mean"}})
-    with pytest.raises(ConfigError, match="Did you mean: weighted_mean?.*Available: max, mean, stacking, vote, weighted_mean"):
+    with pytest.raises(ConfigError, match="Did you mean: weighted_mean?.*Available: logit_mean, max, mean, stacking, vote, weighted_mean"):
         load_config(path)
 
 

@@ -35,7 +35,8 @@ def test_evaluate_reports_members_combiners_baselines_and_loso(two_member_config
     report = evaluate(two_member_config, synthetic_data, EvaluateOptions(), cache_dir=trained_heads["cache"], plots_dir=tmp_path / "plots")
     scorers = report["scorers"]
     for name in ("member llama", "member qwen3", "ensemble (config)", "ensemble max", "ensemble vote any",
-                 "ensemble stacking (fit on validation)", "baseline last-layer probe (llama)", "baseline tf-idf"):
+                 "ensemble logit_mean",
+                 "ensemble stacking (cross-fitted)", "ensemble stacking+interactions (cross-fitted)", "baseline last-layer probe (llama)", "baseline tf-idf"):
         assert name in scorers, name
     assert set(scorers["member llama"]["per_source"]) == {"harmful-a", "harmful-b", "benign-a", "benign-b"}
     # Each source left out in turn; a harmful-only source reports recall, a benign-only one FPR.
@@ -62,6 +63,52 @@ def test_evaluate_scores_equal_the_runtime_scores(two_member_config, synthetic_d
             assert reported[key] == pytest.approx(runtime[key], abs=1e-6), (name, key)
     ensemble = binary_metrics(labels, [result.score for result in results], 0.5).to_dict()
     assert report["scorers"]["ensemble (config)"]["overall"]["f1"] == pytest.approx(ensemble["f1"], abs=1e-6)
+
+
+def _calibrated_head_copies(trained_heads, directory):
+    """Copies of the trained heads, each with a member calibration.json (deliberately far from identity)."""
+    import shutil
+
+    copies = {}
+    for name, (slope, intercept) in (("llama", (0.5, -1.0)), ("qwen3", (2.0, 0.7))):
+        copies[name] = directory / f"head-{name}"
+        shutil.copytree(trained_heads[name], copies[name])
+        Calibration("platt", {"slope": slope, "intercept": intercept}).save(copies[name] / "calibration.json")
+    return copies
+
+
+@pytest.mark.parametrize("kind", ["calibrated", "stacking", "vote"])
+def test_evaluate_scores_every_record_exactly_as_the_runtime(kind, tiny_models, synthetic_data, trained_heads, write_config, tmp_path):
+    """One decision path: member calibration, combiner, config calibration and threshold, in evaluate as at run time."""
+    heads = _calibrated_head_copies(trained_heads, tmp_path)
+    members = [{"name": name, "backbone": backbone, "model": str(tiny_models[name]), "head": str(heads[name])}
+               for name, backbone in (("llama", "llama3"), ("qwen3", "qwen3"))]
+    config = {"members": members}
+    if kind == "calibrated":
+        Calibration("platt", {"slope": 1.7, "intercept": -0.4}).save(tmp_path / "ensemble-calibration.json")
+        config |= {"combiner": {"type": "logit_mean"}, "calibration": "ensemble-calibration.json", "threshold": 0.35}
+    elif kind == "stacking":
+        result = CliRunner().invoke(cli, ["fit-stacker", "--config", str(write_config({"members": members}, name="plain.yaml")),
+                                          "--data", str(synthetic_data), "--out", str(tmp_path / "stacker.json"),
+                                          "--interactions", "--target-recall", "0.9", "--cache-dir", str(trained_heads["cache"])])
+        assert result.exit_code == 0, result.output
+        config |= {"combiner": {"type": "stacking", "params": "stacker.json"}}
+    else:
+        config |= {"combiner": {"type": "vote", "rule": "any"}}
+        members[0]["threshold"], members[1]["threshold"] = 0.3, 0.6
+    path = write_config(config)
+    report = evaluate(path, synthetic_data, EvaluateOptions(baselines=False, leave_one_source_out=False, stackers=False,
+                                                            record_scores=True), cache_dir=trained_heads["cache"])
+    test = read_dataset(synthetic_data, "test")
+    results = Ensemble.from_config(path).score_batch([record.scored_text for record in test])
+    assert report["record_scores"]["ensemble (config)"] == pytest.approx([r.score for r in results], abs=1e-6)
+    assert report["scorers"]["ensemble (config)"]["threshold"] == pytest.approx(results[0].threshold, abs=1e-12)
+    for name in ("llama", "qwen3"):  # members are reported as their heads score (llm-siren's scale)
+        assert report["record_scores"][f"member {name}"] == pytest.approx([r.members[name] for r in results], abs=1e-6)
+    if kind == "calibrated":  # the member calibrations really are applied before combining
+        plain = Ensemble.from_config(write_config({"members": [dict(m, head=str(trained_heads[m["name"]])) for m in members],
+                                                   "combiner": {"type": "logit_mean"}}, name="uncalibrated.yaml"))
+        assert max(abs(a.score - b.score) for a, b in zip(plain.score_batch([r.scored_text for r in test[:5]]), results)) > 1e-3
 
 
 def test_misclassified_examples_are_the_wrong_ones_most_confident_first():
@@ -167,7 +214,8 @@ def test_cli_train_evaluate_and_fit_stacker(tiny_models, synthetic_data, trained
                                  "--out", str(tmp_path / "report.json"), "--cache-dir", str(trained_heads["cache"])])
     assert result.exit_code == 0, result.output
     assert "| member a |" in result.output and json.loads((tmp_path / "report.json").read_text())["split"] == "test"
-    result = runner.invoke(cli, ["fit-stacker", "--config", str(config), "--data", str(synthetic_data), "--out", str(tmp_path / "s.json")])
+    result = runner.invoke(cli, ["fit-stacker", "--config", str(config), "--data", str(synthetic_data), "--out", str(tmp_path / "s.json"),
+                                 "--cache-dir", str(trained_heads["cache"])])
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli, ["train", "--backbone", "llama3", "--model", str(tiny_models["llama"]), "--data", str(synthetic_data),
                                  "--out", str(tmp_path / "x"), "--layers", "one"])

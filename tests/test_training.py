@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from siren_ensemble import Ensemble
+from siren_ensemble.calibration import MEMBER_CALIBRATION_FILE, Calibration
 from siren_ensemble.data.records import read_dataset
 from siren_ensemble.errors import InputError
 from siren_ensemble.evaluation.metrics import binary_metrics
@@ -40,8 +41,11 @@ def test_trained_head_scores_identically_in_llm_siren(trained_heads, synthetic_d
     texts = [record.scored_text for record in read_dataset(synthetic_data, "test")[:20]]
     ours = Ensemble.from_config(_config(write_config, tiny_models, trained_heads)).score_batch(texts)
     reference = siren_guard.SirenGuard.from_pretrained(str(trained_heads["llama"]), device="cpu", dtype=torch.float32)
+    calibration = Calibration.load(trained_heads["llama"] / MEMBER_CALIBRATION_FILE)
     for mine, theirs in zip(ours, reference.score_batch(texts)):
-        assert mine.score == pytest.approx(theirs.score, abs=1e-5)
+        assert mine.members["llama"] == pytest.approx(theirs.score, abs=1e-5)  # the head itself is llm-siren's
+        # The ensemble reads it through the member calibration train wrote beside it.
+        assert mine.score == pytest.approx(float(calibration.apply(np.array([theirs.score]))[0]), abs=1e-5)
 
 
 def test_report_describes_the_head(trained_heads):
@@ -62,6 +66,29 @@ def test_same_seed_and_data_give_the_same_head(trained_heads, synthetic_data, ti
     assert extractor.loaded == {}, "features should come from the cache, without loading the backbone"
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         assert (tmp_path / "again" / name).read_bytes() == (trained_heads["llama"] / name).read_bytes()
+
+
+def test_member_calibration_is_fitted_on_out_of_fold_scores(trained_heads, synthetic_data, tiny_models):
+    from siren_ensemble.calibration import fit_calibration
+    from siren_ensemble.features import weighted_neuron_features
+    from siren_ensemble.training.crossfit import cross_fitted_head_scores, record_groups
+    from siren_ensemble.training.mlp_search import MLPParams, predict
+
+    head = SirenHead.load(trained_heads["llama"])
+    report = json.loads((trained_heads["llama"] / REPORT_FILE).read_text())
+    extractor = FeatureExtractor(adapter_for("llama3", str(tiny_models["llama"])), max_length=64, cache_dir=trained_heads["cache"])
+    records = read_dataset(synthetic_data, "train") + read_dataset(synthetic_data, "validation")
+    features = [extractor.features([r.scored_text for r in read_dataset(synthetic_data, split)]) for split in ("train", "validation")]
+    alphas = {layer: head.config.layer_weight(layer) for layer in head.config.layers}
+    x = np.concatenate([weighted_neuron_features(f, head.config.neurons(), alphas) for f in features])
+    labels = np.array([r.label for r in records])
+    out_of_fold = cross_fitted_head_scores(x, labels, record_groups(records), MLPParams.from_dict(report["mlp"]), folds=2)
+    saved = Calibration.load(trained_heads["llama"] / MEMBER_CALIBRATION_FILE)
+    assert saved.parameters == pytest.approx(fit_calibration(out_of_fold, labels, "platt").parameters, rel=1e-6)
+    assert report["calibration"]["slope"] == pytest.approx(saved.parameters["slope"]) and saved.parameters["slope"] > 0
+    # Not the in-sample scores: on train the final head is more confident than its fold refits.
+    in_sample = predict(head.mlp, x[: len(read_dataset(synthetic_data, "train"))])
+    assert not np.allclose(in_sample, out_of_fold[: len(in_sample)], atol=1e-3)
 
 
 def test_feature_cache_key_tracks_texts_and_settings(tiny_models, tmp_path):

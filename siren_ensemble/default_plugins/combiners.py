@@ -1,9 +1,9 @@
-from ..combiners import MaxCombiner, MeanCombiner, VoteCombiner, WeightedMeanCombiner
+from ..combiners import LogitMeanCombiner, MaxCombiner, MeanCombiner, VoteCombiner, WeightedMeanCombiner
 from ..hookspecs import hookimpl
 from ..stacking import StackingCombiner
 
 
 @hookimpl
 def register_combiners(register):
-    for combiner in (MeanCombiner, WeightedMeanCombiner, MaxCombiner, VoteCombiner, StackingCombiner):
+    for combiner in (MeanCombiner, WeightedMeanCombiner, LogitMeanCombiner, MaxCombiner, VoteCombiner, StackingCombiner):
         register(combiner)

@@ -10,6 +10,7 @@ threshold: one record moves their recall by several points); the report names th
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from ..errors import ConfigError, InputError
 from ..members import validate_plan
 from ..packaged import is_packaged
 from ..calibration import Method, fit_calibration
+from ..decision import DecisionPath
 from .metrics import binary_metrics, threshold_for_recall
 from .scoring import FeatureScorer
 
@@ -34,20 +36,25 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
     if config.combiner.type == "vote":
         raise ConfigError(f"{config_path}: combiner.type: vote decides by its rule, not a threshold; "
                           "calibrate a score combiner (mean, weighted_mean, max, stacking)")
-    plans, combiner = validate_plan(config)
+    plans, _ = validate_plan(config)
     records = read_dataset(data, "validation")
     labels = np.array([record.label for record in records], dtype=int)
     if labels.sum() == 0:
         raise InputError(f"{data}: the validation data has no harmful records to set a recall threshold on")
-    scores = combiner.combine(FeatureScorer(config, plans, cache_dir, progress).member_scores(records, "validation features"))
+    if method is not None and calibration_out is None:
+        raise InputError("--method needs --calibration-out, where the fitted mapping is written")
+    member_scores = FeatureScorer(config, plans, cache_dir, progress).member_scores(records, "validation features")
+    path = DecisionPath.from_config(config, plans)
 
     calibration = None
-    if method is not None:
-        if calibration_out is None:
-            raise InputError("--method needs --calibration-out, where the fitted mapping is written")
-        calibration = fit_calibration(scores, labels, method)
+    if method is None:
+        scores = path.scores(member_scores)  # the runtime's scale, the config's calibration included
+    else:
+        # The new calibration replaces the config's own, so it is fitted on the combined score before it.
+        combined = replace(path, calibration=None).scores(member_scores)
+        calibration = fit_calibration(combined, labels, method)
         calibration.save(calibration_out)
-        scores = calibration.apply(scores)
+        scores = calibration.apply(combined)
 
     sources = np.array([record.source for record in records])
     per_source_threshold = {

@@ -1,10 +1,17 @@
 """``siren-ensemble evaluate``: every member, the ensemble under every combiner, and the baselines,
 per source and overall, on one split and in a leave-one-source-out table.
 
+Every ensemble row goes through the same ``DecisionPath`` as the runtime (member calibration,
+combiner, the config's calibration and threshold). Stackers are fitted on cross-fitted member scores
+over train + validation, and their thresholds chosen on their own out-of-fold predictions
+(``crossfit.py``).
+
 Leave-one-source-out: for each source, every member's MLP is refitted on the training split
 without that source (its safety neurons and layer weights are kept from the full training run;
 only stage 2 is refitted), thresholds are chosen on the validation split without that source, and
-all records of that source, from every split, are scored. Baselines are refitted the same way.
+all records of that source, from every split, are scored. Baselines are refitted the same way;
+stackers are refitted on the cross-fitted scores of the other sources' records (those scores come
+from fold models that did see the source: a small leak, named in docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -17,24 +24,25 @@ from typing import Sequence
 
 import numpy as np
 
-from .. import plugins
-from ..combiners import MemberView
-from ..config import load_config
+from ..config import CombinerConfig, EnsembleConfig, load_config
 from ..data.records import SPLITS, SafetyRecord, read_dataset
+from ..decision import DEFAULT_THRESHOLD, DecisionPath
 from ..errors import InputError
-from ..features import weighted_neuron_features
 from ..members import MemberPlan, validate_plan
-from ..stacking import fit_stacker
+from ..training.crossfit import record_groups
 from ..training.pipeline import REPORT_FILE
 from . import baselines, plots
+from .crossfit import cross_fitted_member_scores, cross_fitted_stacker
 from .metrics import binary_metrics, threshold_for_recall
 from .refit import member_mlp_params, refit_scores
 from .scoring import FeatureScorer
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.5
-ALTERNATIVE_COMBINERS = (("mean", {}), ("weighted_mean", {}), ("max", {}), ("vote", {"rule": "any"}), ("vote", {"rule": "majority"}))
+ALTERNATIVE_COMBINERS = (("mean", {}), ("weighted_mean", {}), ("logit_mean", {}), ("max", {}), ("vote", {"rule": "any"}),
+                         ("vote", {"rule": "majority"}))
+#: Stackers fitted on cross-fitted member scores: (row label, with pairwise logit interactions).
+CROSS_FITTED_STACKERS = (("ensemble stacking (cross-fitted)", False), ("ensemble stacking+interactions (cross-fitted)", True))
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,12 @@ class EvaluateOptions:
     seed: int = 0
     #: Misclassified records to show per source and kind (missed harmful, flagged benign).
     examples: int = 0
+    #: Put every scorer's score of every evaluated record in the report (``record_scores``).
+    record_scores: bool = False
+    #: Cross-fitted stackers (their member scores refit each member's MLP once per fold).
+    stackers: bool = True
+    #: Folds of the cross-fitted member scores that stackers are fitted on.
+    folds: int = 3
 
 
 @dataclass
@@ -67,16 +81,31 @@ class _SplitData:
                           self.member_scores[rows], [x[rows] for x in self.last_layer])
 
 
+@dataclass
+class _CrossFitted:
+    """Out-of-fold member scores over train + validation (what stackers are fitted on)."""
+
+    scores: np.ndarray  # records x members, raw head scores from fold refits
+    labels: np.ndarray
+    groups: np.ndarray
+    sources: np.ndarray
+    is_validation: np.ndarray
+
+    def without(self, source: str) -> "_CrossFitted":
+        keep = self.sources != source
+        return _CrossFitted(self.scores[keep], self.labels[keep], self.groups[keep], self.sources[keep], self.is_validation[keep])
+
+
 def evaluate(config_path: str | Path, data: str | Path, options: EvaluateOptions = EvaluateOptions(),
              cache_dir: str | Path | None = None, progress: bool = False, plots_dir: str | Path | None = None) -> dict:
     config = load_config(config_path)
-    plans, combiner = validate_plan(config)
+    plans, _ = validate_plan(config)
     scorer = FeatureScorer(config, plans, cache_dir, progress)
     is_split_dir = Path(data).is_dir()
     logger.info("scoring %s with %d members (features from the cache when present)", data, len(plans))
-    # Train features are only needed to fit baselines and leave-one-source-out refits.
+    # Train features are only needed to fit baselines, cross-fitted stackers and leave-one-source-out refits.
     wanted = {options.split, "validation"}
-    if options.baselines:
+    if options.baselines or (options.stackers and len(plans) > 1):
         wanted.add("train")
     if options.leave_one_source_out:
         wanted.update(SPLITS)
@@ -87,9 +116,11 @@ def evaluate(config_path: str | Path, data: str | Path, options: EvaluateOptions
     if options.target_recall is not None and validation is None:
         raise InputError(f"{data}: --target-recall picks thresholds on a validation split; pass a split directory")
 
-    views = [MemberView(plan.name, plan.weight, plan.threshold) for plan in plans]
-    config_combiner = (config.combiner.type, config.combiner.options, config.threshold)
-    outputs = _scorer_outputs(evaluated.member_scores, validation, views, options.target_recall, config_combiner, config.base_dir)
+    cross_fitted = None
+    if options.stackers and train is not None and validation is not None and len(plans) > 1:
+        logger.info("cross-fitting member scores over train + validation (%d folds) for the stackers", options.folds)
+        cross_fitted = _cross_fit(plans, train, validation, options)
+    outputs = _scorer_outputs(config, plans, evaluated, validation, options, cross_fitted)
     if options.baselines and train is not None:
         outputs.update(_baseline_outputs(plans, train, validation, evaluated, options.target_recall))
 
@@ -98,6 +129,8 @@ def evaluate(config_path: str | Path, data: str | Path, options: EvaluateOptions
         "target_recall": options.target_recall,
         "scorers": {name: _metrics_by_source(evaluated, scored) for name, scored in outputs.items()},
     }
+    if options.record_scores:
+        report["record_scores"] = {name: scored.scores.tolist() for name, scored in outputs.items()}
     if options.examples:
         name = _shown_scorer(outputs)
         report["misclassified"] = {"scorer": name, **_misclassified(evaluated.records, outputs[name], options.examples)}
@@ -105,7 +138,7 @@ def evaluate(config_path: str | Path, data: str | Path, options: EvaluateOptions
         report["plots"] = [str(path) for path in _plot(plans, evaluated, outputs, plots_dir, report["split"] or str(data))]
     if options.leave_one_source_out and train is not None:
         logger.info("leave-one-source-out: refitting members and baselines without each source")
-        report["leave_one_source_out"] = _leave_one_source_out(plans, splits, views, options, config_combiner, config.base_dir)
+        report["leave_one_source_out"] = _leave_one_source_out(config, plans, splits, options, cross_fitted)
     return report
 
 
@@ -125,8 +158,7 @@ def _load(scorer: FeatureScorer, plans: list[MemberPlan], data, split: str | Non
     columns, member_x, last_layer = [], [], []
     for plan in plans:
         features = scorer.layer_features(plan, records, description=f"{split or 'data'} features")
-        head = plan.head.config
-        member_x.append(weighted_neuron_features(features, head.neurons(), {l: head.layer_weight(l) for l in head.layers}))
+        member_x.append(scorer.stage2_inputs(plan, features))
         last_layer.append(features[max(features)])
         columns.append(scorer.head_scores(plan, features))
     labels = np.array([record.label for record in records], dtype=int)
@@ -139,42 +171,66 @@ def _threshold(validation_scores: np.ndarray | None, validation_labels, target_r
     return threshold_for_recall(validation_labels, validation_scores, target_recall)
 
 
-def _combiner(type_name: str, options: dict, views: Sequence[MemberView], base_dir):
-    registration = plugins.combiners().get(type_name)
-    return registration.cls(registration.cls.Options.model_validate(options), views, base_dir)
-
-
-def _scorer_outputs(member_scores: np.ndarray, validation: _SplitData | None, views: list[MemberView],
-                    target_recall: float | None, config_combiner, base_dir) -> dict[str, Scored]:
-    """Scores and thresholds of each member and of the ensemble under each combiner."""
+def _scorer_outputs(config: EnsembleConfig, plans: list[MemberPlan], evaluated: _SplitData, validation: _SplitData | None,
+                    options: EvaluateOptions, cross_fitted: _CrossFitted | None) -> dict[str, Scored]:
+    """Scores and thresholds of each member and of the ensemble under each combiner, all through the runtime's path."""
+    target_recall = options.target_recall
     val_scores = validation.member_scores if validation is not None else None
     val_labels = validation.labels if validation is not None else None
     outputs: dict[str, Scored] = {}
-    tuned_views = []
-    for column, view in enumerate(views):
-        threshold = _threshold(None if val_scores is None else val_scores[:, column],
-                               val_labels, target_recall, view.threshold)
-        outputs[f"member {view.name}"] = Scored(member_scores[:, column], threshold)
-        tuned_views.append(replace(view, threshold=threshold))
+    for column, plan in enumerate(plans):
+        threshold = _threshold(None if val_scores is None else val_scores[:, column], val_labels, target_recall, plan.threshold)
+        outputs[f"member {plan.name}"] = Scored(evaluated.member_scores[:, column], threshold)
+    if len(plans) < 2:
+        return outputs
 
-    type_name, options, config_threshold = config_combiner
-    candidates = [("ensemble (config)", type_name, options)] + [
-        (f"ensemble {name}" + (f" {opts['rule']}" if opts else ""), name, opts) for name, opts in ALTERNATIVE_COMBINERS
+    own = DecisionPath.from_config(config, plans)
+    # Vote members vote with thresholds on the calibrated scale, chosen like every other threshold.
+    tuned = None
+    if target_recall is not None and val_scores is not None:
+        calibrated = own.calibrated_members(val_scores)
+        tuned = [threshold_for_recall(val_labels, calibrated[:, column], target_recall) for column in range(len(plans))]
+    paths = [("ensemble (config)", DecisionPath.from_config(config, plans, thresholds=tuned))] + [
+        (f"ensemble {name}" + (f" {opts['rule']}" if opts else ""),
+         DecisionPath.from_config(config, plans, CombinerConfig(type=name, **opts), thresholds=tuned))
+        for name, opts in ALTERNATIVE_COMBINERS
     ]
-    if len(views) > 1:
-        for label, name, opts in candidates:
-            combiner = _combiner(name, opts, tuned_views, base_dir)
-            implied = combiner.default_threshold()
-            default = config_threshold if (label == "ensemble (config)" and config_threshold is not None) else (
-                implied if implied is not None else DEFAULT_THRESHOLD)
-            val_combined = combiner.combine(val_scores) if val_scores is not None else None
-            threshold = default if name == "vote" else _threshold(val_combined, val_labels, target_recall, default)
-            outputs[label] = Scored(combiner.combine(member_scores), threshold)
-        if val_scores is not None and len(set(val_labels.tolist())) == 2:
-            stacker = fit_stacker(val_scores, val_labels.tolist(), [view.name for view in views])
-            # Fitted on validation: its own threshold on validation would be in-sample, so 0.5 unless a recall target asks.
-            threshold = _threshold(stacker.predict(val_scores), val_labels, target_recall, DEFAULT_THRESHOLD)
-            outputs["ensemble stacking (fit on validation)"] = Scored(stacker.predict(member_scores), threshold)
+    for label, path in paths:
+        if path.combiner.name == "vote":
+            threshold = path.threshold  # the rule decides
+        else:
+            threshold = _threshold(None if val_scores is None else path.scores(val_scores), val_labels, target_recall, path.threshold)
+        outputs[label] = Scored(path.scores(evaluated.member_scores), threshold)
+    if cross_fitted is not None and validation is not None:
+        outputs.update(_stacker_outputs(own, plans, evaluated, validation, options, cross_fitted))
+    return outputs
+
+
+def _cross_fit(plans: list[MemberPlan], train: _SplitData, validation: _SplitData, options: EvaluateOptions) -> _CrossFitted:
+    both = _concat([train, validation])
+    groups = record_groups(both.records)
+    scores = cross_fitted_member_scores(both.member_x, both.labels, groups, [member_mlp_params(plan.head) for plan in plans],
+                                        options.folds, options.seed)
+    is_validation = np.arange(len(both.labels)) >= len(train.labels)
+    return _CrossFitted(scores, both.labels, groups, np.array([record.source for record in both.records]), is_validation)
+
+
+def _stacker_outputs(own: DecisionPath, plans: list[MemberPlan], evaluated: _SplitData, validation: _SplitData,
+                     options: EvaluateOptions, cross_fitted: _CrossFitted) -> dict[str, Scored]:
+    """Stackers fitted on calibrated cross-fitted scores; thresholds from their out-of-fold predictions of validation."""
+    fit_inputs = own.calibrated_members(cross_fitted.scores)
+    deploy_inputs = fit_inputs.copy()
+    deploy_inputs[cross_fitted.is_validation] = own.calibrated_members(validation.member_scores)
+    names = [plan.name for plan in plans]
+    outputs = {}
+    for label, interactions in CROSS_FITTED_STACKERS:
+        fitted = cross_fitted_stacker(fit_inputs, deploy_inputs, cross_fitted.labels, cross_fitted.groups, names,
+                                      interactions, options.folds, options.seed)
+        validation_predictions = fitted.out_of_fold[cross_fitted.is_validation]
+        threshold = _threshold(validation_predictions, validation.labels, options.target_recall, DEFAULT_THRESHOLD)
+        # On the validation split itself, each record is scored by a stacker that did not see it.
+        scores = validation_predictions if evaluated is validation else fitted.params.predict(own.calibrated_members(evaluated.member_scores))
+        outputs[label] = Scored(scores, threshold)
     return outputs
 
 
@@ -208,7 +264,8 @@ def _metrics_by_source(data: _SplitData, scored: Scored) -> dict:
             "overall": binary_metrics(data.labels, scored.scores, scored.threshold).to_dict(), "per_source": per_source}
 
 
-def _leave_one_source_out(plans, splits: dict[str, _SplitData], views, options: EvaluateOptions, config_combiner, base_dir) -> dict:
+def _leave_one_source_out(config: EnsembleConfig, plans, splits: dict[str, _SplitData], options: EvaluateOptions,
+                          cross_fitted: _CrossFitted | None) -> dict:
     train, validation = splits["train"], splits["validation"]
     everything = _concat([splits[name] for name in SPLITS])
     params = [member_mlp_params(plan.head) for plan in plans]
@@ -223,7 +280,8 @@ def _leave_one_source_out(plans, splits: dict[str, _SplitData], views, options: 
         for column in range(len(plans)):
             tune.member_scores[:, column], held_out.member_scores[:, column] = refit_scores(
                 fit.member_x[column], fit.labels, params[column], [tune.member_x[column], held_out.member_x[column]], options.seed)
-        outputs = _scorer_outputs(held_out.member_scores, tune, views, options.target_recall, config_combiner, base_dir)
+        others = cross_fitted.without(source) if cross_fitted is not None else None
+        outputs = _scorer_outputs(config, plans, held_out, tune, options, others)
         if options.baselines:
             outputs.update(_baseline_outputs(plans, fit, tune, held_out, options.target_recall))
         table[source] = {name: binary_metrics(held_out.labels, scored.scores, scored.threshold).to_dict()

@@ -19,9 +19,7 @@ def member_mlp_params(head: SirenHead) -> MLPParams:
     """The MLP hyper-parameters the head was trained with, from its training report when it has one."""
     report_path = Path(head.source) / REPORT_FILE
     if report_path.is_file():
-        mlp = json.loads(report_path.read_text())["mlp"]
-        return MLPParams(tuple(mlp["layer_dims"]), tuple(mlp["dropout_rates"]), mlp["learning_rate"], mlp["weight_decay"],
-                         mlp["epochs"])
+        return MLPParams.from_dict(json.loads(report_path.read_text())["mlp"])
     spec = head.config.mlp
     return MLPParams(tuple(spec.layer_dims), tuple(spec.dropout_rates), FALLBACK_LEARNING_RATE, FALLBACK_WEIGHT_DECAY,
                      FALLBACK_EPOCHS)

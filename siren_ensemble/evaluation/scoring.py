@@ -16,6 +16,7 @@ from ..backbones.base import BackboneSpec
 from ..config import EnsembleConfig
 from ..data.records import SafetyRecord
 from ..extraction import LoadedBackbone
+from ..features import weighted_neuron_features
 from ..members import MemberPlan
 from ..training.feature_cache import FeatureExtractor, LayerFeatures
 
@@ -56,3 +57,8 @@ class FeatureScorer:
         """Scores, one column per member in config order."""
         return np.stack([self.head_scores(plan, self.layer_features(plan, records, description)) for plan in self.plans], axis=1)
 
+
+    def stage2_inputs(self, plan: MemberPlan, features: LayerFeatures) -> np.ndarray:
+        """What the head's MLP reads: its alpha-weighted safety neurons (to refit the MLP on other data)."""
+        head = plan.head.config
+        return weighted_neuron_features(features, head.neurons(), {layer: head.layer_weight(layer) for layer in head.layers})

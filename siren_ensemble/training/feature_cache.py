@@ -3,6 +3,9 @@
 The cache key covers everything that changes the numbers: the backbone (adapter, weights: the pinned
 sha256, else model, GGUF file and revision; dtype), the pooling, ``max_length`` and the exact texts. Re-runs, sweeps and the
 leave-one-source-out evaluation therefore never run the backbone twice on the same data.
+
+Extraction is written in chunks of ``chunk_size`` texts (``<key>.chunks/00003.safetensors``) as it goes, so a run
+that is stopped resumes at the first missing chunk; the finished chunks are then joined into ``<key>.safetensors``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -24,6 +26,8 @@ from ..extraction import LoadedBackbone
 from ..text import clean_text
 
 LayerFeatures = dict[int, np.ndarray]
+#: Texts per resumable chunk: a stopped extraction loses at most this many texts' work.
+DEFAULT_CHUNK_SIZE = 256
 
 
 def texts_digest(texts: Sequence[str]) -> str:
@@ -39,13 +43,16 @@ class FeatureExtractor:
 
     def __init__(self, adapter: BackboneAdapter, max_length: int = 512, pooling: str = "residual_mean",
                  max_tokens: int = 8192, max_texts: int = 64, cache_dir: str | Path | None = None,
-                 loaded: dict[BackboneSpec, LoadedBackbone] | None = None):
+                 loaded: dict[BackboneSpec, LoadedBackbone] | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE):
         self.adapter = adapter
         self.max_length = max_length
         self.pooling = pooling
         self.max_tokens = max_tokens
         self.max_texts = max_texts
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "features"
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        self.chunk_size = chunk_size
         #: Loaded backbones by spec; extractors given the same dict share them (one load per backbone).
         self.loaded = loaded if loaded is not None else {}
 
@@ -70,29 +77,57 @@ class FeatureExtractor:
 
     def features(self, texts: Sequence[str], progress: bool = False, description: str = "features") -> LayerFeatures:
         """Features of all layers for ``texts`` (scored as the runtime scores them), from the cache when present."""
+        texts = list(texts)
         path = self.cache_dir / f"{self.cache_key(texts)}.safetensors"
         if path.is_file():
-            stored = load_file(str(path))
-            return {int(name.removeprefix("layer")): array for name, array in stored.items()}
-        layer_features = self._extract(list(texts), progress, description)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        save_file({f"layer{layer}": array for layer, array in layer_features.items()}, str(partial))
-        partial.replace(path)  # atomic: an interrupted run never leaves a truncated cache entry
+            return _read(path)
+        chunks_dir = path.with_suffix(".chunks")
+        starts = range(0, len(texts), self.chunk_size)
+        done = sum(1 for start in starts if _chunk_path(chunks_dir, start, self.chunk_size).is_file())
+        with tqdm(total=len(texts), initial=min(done * self.chunk_size, len(texts)), desc=description, unit="text",
+                  disable=not progress, leave=False) as bar:
+            for start in starts:
+                chunk_path = _chunk_path(chunks_dir, start, self.chunk_size)
+                if chunk_path.is_file():
+                    continue
+                chunk = self._extract(texts[start:start + self.chunk_size])
+                _write_atomically(chunk, chunk_path)
+                bar.update(len(texts[start:start + self.chunk_size]))
+        parts = [_read(_chunk_path(chunks_dir, start, self.chunk_size)) for start in starts]
+        layer_features = {layer: np.concatenate([part[layer] for part in parts]) for layer in parts[0]} if parts else \
+            self._extract([])
+        _write_atomically(layer_features, path)
+        for start in starts:
+            _chunk_path(chunks_dir, start, self.chunk_size).unlink(missing_ok=True)
+        if chunks_dir.is_dir():
+            chunks_dir.rmdir()
         return layer_features
 
-    def _extract(self, texts: list[str], progress: bool, description: str) -> LayerFeatures:
+    def _extract(self, texts: list[str]) -> LayerFeatures:
         backbone = self.backbone
         wanted = {(self.pooling, layer) for layer in range(backbone.num_layers)}
         encoded = backbone.encode([clean_text(text) for text in texts], self.max_length)
         lengths = [len(item.ids) for item in encoded]
         out = {layer: np.zeros((len(texts), backbone.hidden_size), dtype=np.float32) for layer in range(backbone.num_layers)}
-        batches = plan_batches(lengths, self.max_tokens, self.max_texts)
-        with tqdm(total=sum(lengths), desc=description, unit="tok", unit_scale=True, disable=not progress, leave=False) as bar:
-            for batch in batches:
-                pooled = backbone.pooled_states([encoded[i].ids for i in batch], wanted)
-                rows = torch.as_tensor(batch)
-                for (_, layer), values in pooled.items():
-                    out[layer][rows.numpy()] = values.float().cpu().numpy()
-                bar.update(sum(lengths[i] for i in batch))
+        for batch in plan_batches(lengths, self.max_tokens, self.max_texts):
+            pooled = backbone.pooled_states([encoded[i].ids for i in batch], wanted)
+            rows = np.asarray(batch)
+            for (_, layer), values in pooled.items():
+                out[layer][rows] = values.float().cpu().numpy()
         return out
+
+
+def _chunk_path(chunks_dir: Path, start: int, chunk_size: int) -> Path:
+    return chunks_dir / f"{start // chunk_size:05d}.safetensors"
+
+
+def _read(path: Path) -> LayerFeatures:
+    return {int(name.removeprefix("layer")): array for name, array in load_file(str(path)).items()}
+
+
+def _write_atomically(features: LayerFeatures, path: Path) -> None:
+    # Written aside and renamed: an interrupted run never leaves a truncated cache entry.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    save_file({f"layer{layer}": np.ascontiguousarray(array) for layer, array in features.items()}, str(partial))
+    partial.replace(path)
