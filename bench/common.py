@@ -236,8 +236,21 @@ def bench_main(doc: str, add_arguments: Callable[[argparse.ArgumentParser], None
     add_arguments(parser)
     args = parser.parse_args()
     set_threads(args.threads)
+    print(cpu_line())
     with tempfile.TemporaryDirectory() as temporary:
         workdir = args.workdir or Path(temporary)
         workdir.mkdir(parents=True, exist_ok=True)
         for section in run(workdir, args):
             print(section)
+
+
+def cpu_line() -> str:
+    """The CPU's bf16-relevant features, printed with every result (bf16 speed depends on them)."""
+    import os
+
+    from siren_ensemble.precision import NATIVE_BF16_FLAGS, cpu_flags, resolve_dtype
+
+    wanted = ("avx2", "avx512f", "avx512_vnni", *NATIVE_BF16_FLAGS, "amx_tile")
+    present = [flag for flag in wanted if flag in cpu_flags()]
+    return (f"CPU: {os.cpu_count()} cores, features {', '.join(present) or 'none of ' + ', '.join(wanted)}; "
+            f"dtype auto resolves to {resolve_dtype('auto', 'cpu')}")

@@ -7,10 +7,13 @@ docs/benchmarks.md); on a CPU without them PyTorch emulates bf16 and it is slowe
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 #: CPU flags (as /proc/cpuinfo names them) that give native bf16 matmuls.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: "1" or "0" overrides the detection (to compare both choices on one machine, or where /proc is hidden).
+CPU_BF16_ENV = "SIREN_ENSEMBLE_CPU_BF16"
 
 
 @functools.lru_cache(maxsize=1)
@@ -25,6 +28,9 @@ def cpu_flags() -> frozenset[str]:
 
 
 def cpu_has_native_bf16() -> bool:
+    forced = os.environ.get(CPU_BF16_ENV)
+    if forced in ("0", "1"):
+        return forced == "1"
     return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
 
 

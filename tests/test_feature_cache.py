@@ -31,7 +31,7 @@ def test_a_stopped_extraction_resumes_at_the_first_missing_chunk(tiny_models, tm
     monkeypatch.setattr(FeatureExtractor, "_extract", stop_at_third_chunk)
     with pytest.raises(Stopped):
         first.features(TEXTS)
-    chunks = tmp_path / "cache" / f"{first.cache_key(TEXTS)}.chunks"
+    chunks = tmp_path / "cache" / f"{first.cache_key(TEXTS)}.chunks-2"
     assert sorted(path.name for path in chunks.iterdir()) == ["00000.safetensors", "00001.safetensors"]
 
     calls.clear()

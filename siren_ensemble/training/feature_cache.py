@@ -4,7 +4,7 @@ The cache key covers everything that changes the numbers: the backbone (adapter,
 sha256, else model, GGUF file and revision; dtype), the pooling, ``max_length`` and the exact texts. Re-runs, sweeps and the
 leave-one-source-out evaluation therefore never run the backbone twice on the same data.
 
-Extraction is written in chunks of ``chunk_size`` texts (``<key>.chunks/00003.safetensors``) as it goes, so a run
+Extraction is written in chunks of ``chunk_size`` texts (``<key>.chunks-512/00003.safetensors``) as it goes, so a run
 that is stopped resumes at the first missing chunk; the finished chunks are then joined into ``<key>.safetensors``.
 """
 
@@ -22,12 +22,15 @@ from tqdm.auto import tqdm
 from ..backbones.base import BackboneAdapter, BackboneSpec
 from ..cache import cache_root
 from ..encoding import plan_batches
+from ..errors import ArtifactError
 from ..extraction import LoadedBackbone
 from ..text import clean_text
 
 LayerFeatures = dict[int, np.ndarray]
 #: Texts per resumable chunk: a stopped extraction loses at most this many texts' work.
-DEFAULT_CHUNK_SIZE = 256
+DEFAULT_CHUNK_SIZE = 512
+#: A batch closes before padding passes this share of its tokens (padded tokens cost as much as real ones).
+MAX_PADDING = 0.25
 
 
 def texts_digest(texts: Sequence[str]) -> str:
@@ -81,7 +84,7 @@ class FeatureExtractor:
         path = self.cache_dir / f"{self.cache_key(texts)}.safetensors"
         if path.is_file():
             return _read(path)
-        chunks_dir = path.with_suffix(".chunks")
+        chunks_dir = path.with_suffix(f".chunks-{self.chunk_size}")  # another chunk size starts afresh
         starts = range(0, len(texts), self.chunk_size)
         done = sum(1 for start in starts if _chunk_path(chunks_dir, start, self.chunk_size).is_file())
         with tqdm(total=len(texts), initial=min(done * self.chunk_size, len(texts)), desc=description, unit="text",
@@ -94,6 +97,11 @@ class FeatureExtractor:
                 _write_atomically(chunk, chunk_path)
                 bar.update(len(texts[start:start + self.chunk_size]))
         parts = [_read(_chunk_path(chunks_dir, start, self.chunk_size)) for start in starts]
+        for start, part in zip(starts, parts):
+            rows = {len(array) for array in part.values()}
+            if rows != {len(texts[start:start + self.chunk_size])}:
+                raise ArtifactError(f"{_chunk_path(chunks_dir, start, self.chunk_size)}: {sorted(rows)} rows where "
+                                    f"{len(texts[start:start + self.chunk_size])} were expected; delete {chunks_dir} to extract again")
         layer_features = {layer: np.concatenate([part[layer] for part in parts]) for layer in parts[0]} if parts else \
             self._extract([])
         _write_atomically(layer_features, path)
@@ -109,7 +117,7 @@ class FeatureExtractor:
         encoded = backbone.encode([clean_text(text) for text in texts], self.max_length)
         lengths = [len(item.ids) for item in encoded]
         out = {layer: np.zeros((len(texts), backbone.hidden_size), dtype=np.float32) for layer in range(backbone.num_layers)}
-        for batch in plan_batches(lengths, self.max_tokens, self.max_texts):
+        for batch in plan_batches(lengths, self.max_tokens, self.max_texts, MAX_PADDING):
             pooled = backbone.pooled_states([encoded[i].ids for i in batch], wanted)
             rows = np.asarray(batch)
             for (_, layer), values in pooled.items():
