@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from siren_ensemble import ArtifactError, ConfigError
-from siren_ensemble.combiners import MaxCombiner, MeanCombiner, MemberView, VoteCombiner, VoteOptions, WeightedMeanCombiner
+from siren_ensemble.combiners import LogitMeanCombiner, MaxCombiner, MeanCombiner, MemberView, VoteCombiner, VoteOptions, WeightedMeanCombiner
 from siren_ensemble.combiners import NoOptions
 from siren_ensemble.stacking import StackerParams, StackingCombiner, StackingOptions, fit_stacker
 
@@ -114,3 +114,48 @@ def test_fit_stacker_learns_which_member_to_trust():
 def test_fit_stacker_needs_both_classes():
     with pytest.raises(ConfigError, match="both classes"):
         fit_stacker(np.array([[0.1], [0.2]]), [1, 1], ["a"])
+
+
+def test_logit_mean_pools_log_odds_with_member_weights():
+    members = [MemberView("a", 1.0, 0.5), MemberView("b", 3.0, 0.5)]
+    combiner = LogitMeanCombiner(NoOptions(), members, Path("."))
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    scores = np.array([[0.9, 0.1], [0.99, 0.5], [0.5, 0.5]])
+    expected = 1 / (1 + np.exp(-(0.25 * logit(scores[:, 0]) + 0.75 * logit(scores[:, 1]))))
+    assert combiner.combine(scores) == pytest.approx(expected)
+    # One confident member among unsure ones moves the pooled score less than max does.
+    even = LogitMeanCombiner(NoOptions(), [MemberView(n, 1.0, 0.5) for n in "abc"], Path("."))
+    assert even.combine(np.array([[0.97, 0.2, 0.2]]))[0] < 0.6 < MaxCombiner(NoOptions(), MEMBERS, Path(".")).combine(np.array([[0.97, 0.2, 0.2]]))[0]
+    with pytest.raises(ConfigError, match="positive total weight"):
+        LogitMeanCombiner(NoOptions(), [MemberView("a", 0.0, 0.5)], Path("."))
+
+
+@pytest.mark.parametrize("suffix", [".json", ".safetensors"])
+def test_stacking_interactions_and_threshold_survive_the_file(tmp_path, suffix):
+    params = StackerParams(members=("a", "b", "c"), coefficients=(1.0, 0.5, -0.2, 0.3), intercept=-0.1,
+                           interactions=(("a", "c"),), threshold=0.42)
+    path = params.save(tmp_path / f"stack{suffix}")
+    stacking = StackingCombiner(StackingOptions(params=path.name), [MEMBERS[2], MEMBERS[0], MEMBERS[1]], tmp_path)
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    a, b, c = SCORES[0]
+    z = -0.1 + 1.0 * logit(a) + 0.5 * logit(b) - 0.2 * logit(c) + 0.3 * logit(a) * logit(c)
+    # config order (c, a, b) differs from the file's: the columns follow the names
+    assert stacking.combine(np.array([[c, a, b]]))[0] == pytest.approx(1 / (1 + np.exp(-z)))
+    assert stacking.default_threshold() == 0.42
+
+
+def test_stacking_file_with_unknown_interaction_is_refused(tmp_path):
+    (tmp_path / "s.json").write_text(json.dumps({"members": ["a", "b"], "coefficients": [1, 1, 1], "intercept": 0,
+                                                 "interactions": [["a", "z"]]}))
+    with pytest.raises(ArtifactError, match="interactions: 'z' is not one of the members"):
+        StackerParams.load(tmp_path / "s.json")
+
+
+def test_fit_stacker_with_interactions_learns_agreement():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, size=600)
+    a = np.clip(labels * 0.6 + 0.2 + rng.normal(0, 0.15, 600), 0.01, 0.99)
+    b = np.clip(labels * 0.6 + 0.2 + rng.normal(0, 0.15, 600), 0.01, 0.99)
+    params = fit_stacker(np.column_stack([a, b]), labels, ["a", "b"], interactions=True)
+    assert params.interactions == (("a", "b"),) and len(params.coefficients) == 3
+    assert ((params.predict(np.column_stack([a, b])) >= 0.5) == labels).mean() > 0.85
