@@ -39,6 +39,9 @@ def test_evaluate_reports_members_combiners_baselines_and_loso(two_member_config
                  "ensemble stacking (cross-fitted)", "ensemble stacking+interactions (cross-fitted)", "baseline last-layer probe (llama)", "baseline tf-idf"):
         assert name in scorers, name
     assert set(scorers["member llama"]["per_source"]) == {"harmful-a", "harmful-b", "benign-a", "benign-b"}
+    best_layer = max(json.loads((trained_heads["llama"] / "training_report.json").read_text())["layers"],
+                     key=lambda entry: (entry["validation_f1"], entry["validation_auroc"]))["layer"]
+    assert f"baseline best-layer probe (llama, layer {best_layer})" in scorers
     # Each source left out in turn; a harmful-only source reports recall, a benign-only one FPR.
     loso = report["leave_one_source_out"]
     assert set(loso) == {"harmful-a", "harmful-b", "benign-a", "benign-b"}

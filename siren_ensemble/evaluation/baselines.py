@@ -1,7 +1,8 @@
 """The baselines SIREN is measured against, fitted on the same training data.
 
-- ``last_layer_probe``: logistic regression on the mean-pooled last layer, the terminal-layer guard
-  the paper argues internal layers beat.
+- ``last_layer_probe``: logistic regression on one mean-pooled layer: the last one (the terminal-layer
+  guard the paper argues internal layers beat), or the head's best stage-1 layer (what the head's
+  aggregation over layers must beat).
 - ``tfidf``: TF-IDF word n-grams and logistic regression on the raw text, no LLM at all.
 Both pick C on the validation split by harmful-class F1.
 """

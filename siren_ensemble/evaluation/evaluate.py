@@ -75,10 +75,11 @@ class _SplitData:
     member_x: list[np.ndarray]  # per member: alpha-weighted safety-neuron features
     member_scores: np.ndarray  # records x members
     last_layer: list[np.ndarray]  # per member: mean-pooled last layer
+    best_layer: list[np.ndarray]  # per member: mean-pooled layer of its best stage-1 probe
 
     def subset(self, rows: np.ndarray) -> "_SplitData":
         return _SplitData([self.records[i] for i in rows], self.labels[rows], [x[rows] for x in self.member_x],
-                          self.member_scores[rows], [x[rows] for x in self.last_layer])
+                          self.member_scores[rows], [x[rows] for x in self.last_layer], [x[rows] for x in self.best_layer])
 
 
 @dataclass
@@ -155,14 +156,25 @@ def _plot(plans, evaluated: _SplitData, outputs: dict[str, Scored], directory, t
 
 def _load(scorer: FeatureScorer, plans: list[MemberPlan], data, split: str | None) -> _SplitData:
     records = read_dataset(data, split or "test")
-    columns, member_x, last_layer = [], [], []
+    columns, member_x, last_layer, best_layer = [], [], [], []
     for plan in plans:
         features = scorer.layer_features(plan, records, description=f"{split or 'data'} features")
         member_x.append(scorer.stage2_inputs(plan, features))
         last_layer.append(features[max(features)])
+        best_layer.append(features[best_probe_layer(plan)])
         columns.append(scorer.head_scores(plan, features))
     labels = np.array([record.label for record in records], dtype=int)
-    return _SplitData(records, labels, member_x, np.stack(columns, axis=1), last_layer)
+    return _SplitData(records, labels, member_x, np.stack(columns, axis=1), last_layer, best_layer)
+
+
+def best_probe_layer(plan: MemberPlan) -> int:
+    """The layer whose stage-1 probe scored best on validation (its training report), else the highest layer weight."""
+    report_path = Path(plan.head.source) / REPORT_FILE
+    if report_path.is_file():
+        layers = json.loads(report_path.read_text())["layers"]
+        return max(layers, key=lambda entry: (entry["validation_f1"], entry.get("validation_auroc", 0.0)))["layer"]
+    head = plan.head.config
+    return max(head.layers, key=head.layer_weight)
 
 
 def _threshold(validation_scores: np.ndarray | None, validation_labels, target_recall, default: float) -> float:
@@ -238,14 +250,16 @@ def _baseline_outputs(plans, train: _SplitData, validation: _SplitData, evaluate
     outputs = {}
     seen = set()
     for index, plan in enumerate(plans):
-        if plan.spec in seen:
-            continue
+        # Each head against the linear probe of the layer it found best, and of the last layer (the terminal guard).
+        probes = [(f"baseline best-layer probe ({plan.name}, layer {best_probe_layer(plan)})", "best_layer")]
+        if plan.spec not in seen:
+            probes.append((f"baseline last-layer probe ({plan.name})", "last_layer"))
         seen.add(plan.spec)
-        model = baselines.last_layer_probe(train.last_layer[index], train.labels, validation.last_layer[index], validation.labels)
-        val_scores = baselines.harmful_probability(model, validation.last_layer[index])
-        outputs[f"baseline last-layer probe ({plan.name})"] = Scored(
-            baselines.harmful_probability(model, evaluated.last_layer[index]),
-            _threshold(val_scores, validation.labels, target_recall, DEFAULT_THRESHOLD))
+        for label, field in probes:
+            train_x, val_x, x = (getattr(split, field)[index] for split in (train, validation, evaluated))
+            model = baselines.last_layer_probe(train_x, train.labels, val_x, validation.labels)
+            outputs[label] = Scored(baselines.harmful_probability(model, x), _threshold(
+                baselines.harmful_probability(model, val_x), validation.labels, target_recall, DEFAULT_THRESHOLD))
     texts = lambda split: [record.scored_text for record in split.records]  # noqa: E731
     model = baselines.tfidf_classifier(texts(train), train.labels, texts(validation), validation.labels)
     val_scores = baselines.harmful_probability(model, texts(validation))
@@ -322,4 +336,5 @@ def _concat(parts: list[_SplitData]) -> _SplitData:
         [np.concatenate(xs) for xs in zip(*(part.member_x for part in parts))],
         np.concatenate([part.member_scores for part in parts]),
         [np.concatenate(xs) for xs in zip(*(part.last_layer for part in parts))],
+        [np.concatenate(xs) for xs in zip(*(part.best_layer for part in parts))],
     )
