@@ -90,7 +90,8 @@ def _print_table(rows, records, member_names) -> None:
     for index, (row, record) in enumerate(zip(rows, records)):
         label = row.get("id", row.get("line", index + 1))
         member_cells = ["failed" if row["members"][name] is None else f"{row['members'][name]:.4f}" for name in member_names]
-        preview = " ".join(record.text.split())
+        # backslashreplace: a lone surrogate (scored as a per-text error) cannot be printed as it is
+        preview = " ".join(record.text.split()).encode("utf-8", "backslashreplace").decode("utf-8")
         preview = preview if len(preview) <= 48 else preview[:45] + "..."
         lines.append([str(label), f"{row['score']:.4f}", "yes" if row["is_harmful"] else "no", *member_cells, preview])
     widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
