@@ -69,7 +69,7 @@ def score(config_path, texts, input_path, prompt, response, threshold, output_fo
         _print_table(rows, records, ensemble.member_names)
     else:
         for row in rows:
-            click.echo(json.dumps(row, ensure_ascii=False))
+            click.echo(json.dumps(row, ensure_ascii=False, allow_nan=False))  # strict JSON: the decision path never yields NaN
     if fail_on_harmful and any(result.is_harmful for result in results):
         sys.exit(EXIT_HARMFUL)
 

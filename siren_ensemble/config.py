@@ -23,6 +23,8 @@ RESERVED_LOAD_OPTIONS = frozenset({
     "revision", "gguf_file", "dtype", "torch_dtype", "device_map", "max_memory", "trust_remote_code",
     "subfolder", "cache_dir", "token", "local_files_only", "use_safetensors",
 })
+#: Weights are relative; a bound keeps their sum finite.
+MAX_MEMBER_WEIGHT = 1e6
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -46,8 +48,9 @@ class MemberConfig(_Strict):
     max_memory: dict[str | int, str | int] | None = None
     #: auto: bfloat16 on a CPU with native bf16 (AVX512-BF16, AMX) or a bf16 GPU, else float32.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
-    weight: float = Field(1.0, ge=0)
-    threshold: float | None = Field(None, ge=0, le=1)
+    #: Relative: weighted combiners divide by the total.
+    weight: float = Field(1.0, ge=0, le=MAX_MEMBER_WEIGHT, allow_inf_nan=False)
+    threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     trust_remote_code: bool = False
     #: Extra keyword arguments for the model's from_pretrained (e.g. attn_implementation).
     backbone_options: dict[str, str | int | float | bool | None] = {}
@@ -81,7 +84,7 @@ class SlidingWindowConfig(_Strict):
 class EnsembleConfig(_Strict):
     members: list[MemberConfig] = Field(min_length=1)
     combiner: CombinerConfig = CombinerConfig()
-    threshold: float | None = Field(None, ge=0, le=1)
+    threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     on_member_error: Literal["fail_closed", "fail_open", "raise"] = "fail_closed"
     batching: BatchingConfig = BatchingConfig()
     #: A score calibration JSON (``siren-ensemble calibrate --method``), applied to the combined score.

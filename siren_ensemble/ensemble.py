@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .backbones.base import BackboneSpec
 from .config import BatchingConfig, EnsembleConfig, SlidingWindowConfig, load_config
-from .decision import DecisionPath
+from .decision import ENSEMBLE_ERROR_KEY, DecisionPath
 from .encoding import SpecialTokenLayout, encode_windows, plan_batches
 from .errors import ConfigError, InputError, MemberError, SirenError
 from .extraction import LoadedBackbone, union_of
@@ -275,13 +275,13 @@ class Ensemble:
     def _combine(self, member_scores: _MemberScores, threshold: float) -> list[EnsembleResult]:
         scores, errors = member_scores.scores, member_scores.errors
         failed = np.array([bool(text_errors) for text_errors in errors])
-        if failed.any() and self.config.on_member_error == "raise":
-            row = int(np.argmax(failed))
-            if member_scores.rejected[row] is not None:
-                raise InputError(f"texts[{row}]: {member_scores.rejected[row]}")
-            name, message = next(iter(errors[row].items()))
-            raise MemberError(f"member {name!r} failed on text {row}: {message}")
+        raises = self.config.on_member_error == "raise"
+        if raises:
+            _raise_first_failure(errors, member_scores.rejected)
         decisions = self.decision.decide(scores, failed, threshold)
+        errors = [{**row_errors, **found} for row_errors, found in zip(errors, decisions.errors)]
+        if raises:
+            _raise_first_failure(errors, member_scores.rejected)
         results = []
         for row in range(len(scores)):
             members = {
@@ -290,7 +290,7 @@ class Ensemble:
             }
             results.append(EnsembleResult(
                 score=float(decisions.scores[row]), is_harmful=bool(decisions.is_harmful[row]), threshold=threshold,
-                members=members, truncated=bool(member_scores.truncated[row]), errors=dict(errors[row]),
+                members=members, truncated=bool(member_scores.truncated[row]), errors=errors[row],
             ))
         return results
 
@@ -348,6 +348,16 @@ def _record_failure(errors: list[dict[str, str]], batch: list[int], members: Seq
     for row in batch:
         for member in members:
             errors[row][member] = message
+
+
+def _raise_first_failure(errors: list[dict[str, str]], rejected: list[str | None]) -> None:
+    """The ``raise`` policy: the first failed text's first failure, naming the text."""
+    for row, row_errors in enumerate(errors):
+        if rejected[row] is not None:
+            raise InputError(f"texts[{row}]: {rejected[row]}")
+        for name, message in row_errors.items():
+            who = "the ensemble score" if name == ENSEMBLE_ERROR_KEY else f"member {name!r}"
+            raise MemberError(f"{who} failed on text {row}: {message}")
 
 
 def _clean_each(texts: Sequence[str]) -> tuple[list[str | None], list[str | None]]:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .combiners import Combiner, logit, sigmoid
 from .errors import ArtifactError, ConfigError
+from .numbers import finite_number, finite_numbers
 
 FORMAT = "siren-ensemble/stacker-v1"
 
@@ -89,10 +90,10 @@ class StackerParams:
             else:
                 raw = json.loads(path.read_text(encoding="utf-8"))
             members = tuple(str(name) for name in raw["members"])
-            coefficients = tuple(float(value) for value in raw["coefficients"])
-            intercept = float(raw["intercept"])
+            coefficients = finite_numbers(raw["coefficients"], path, "coefficients")
+            intercept = finite_number(raw["intercept"], path, "intercept")
             interactions = tuple((str(a), str(b)) for a, b in raw.get("interactions") or ())
-            threshold = None if raw.get("threshold") is None else float(raw["threshold"])
+            threshold = None if raw.get("threshold") is None else finite_number(raw["threshold"], path, "threshold")
         except (KeyError, TypeError, ValueError, OSError) as error:
             raise ArtifactError(f"{path}: not a stacking parameters file ({type(error).__name__}: {error})") from None
         if len(members) + len(interactions) != len(coefficients):
