@@ -16,6 +16,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from .combiners import logit
+from . import files
 from .errors import ArtifactError
 from .numbers import finite_number, finite_numbers
 
@@ -44,11 +45,10 @@ class Calibration:
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
         path = Path(path)
+        text = files.read_text(path, files.MAX_ARTIFACT_BYTES, ArtifactError, "calibration file")
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ArtifactError(f"{path}: calibration file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raw = json.loads(text)
+        except json.JSONDecodeError as error:
             raise ArtifactError(f"{path}: not valid JSON ({error})") from None
         method = raw.pop("method", None) if isinstance(raw, dict) else None
         needed = {"platt": ("slope", "intercept"), "isotonic": ("x", "y")}.get(method)

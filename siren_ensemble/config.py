@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from . import plugins
+from . import files, plugins
 from .errors import ConfigError
 from .validation import format_validation_error
 
@@ -175,14 +175,15 @@ class EnsembleConfig(_Strict):
 
 def load_config(path: str | Path) -> EnsembleConfig:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    raw = read_yaml(path)
+    if raw is None:
+        raise ConfigError(f"{path}: empty config")
+    return EnsembleConfig.from_dict(raw, base_dir=path.parent.resolve(), source=str(path))
+
+
+def read_yaml(path: Path) -> Any:
+    """A config file's YAML, read under ``files.MAX_CONFIG_BYTES``; every problem is a ConfigError naming the file."""
+    text = files.read_text(path, files.MAX_CONFIG_BYTES, ConfigError, "config file")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -190,9 +191,7 @@ def load_config(path: str | Path) -> EnsembleConfig:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(f"{path}: invalid YAML: {where}{problem}") from None
-    if raw is None:
-        raise ConfigError(f"{path}: empty config")
-    return EnsembleConfig.from_dict(raw, base_dir=path.parent.resolve(), source=str(path))
+    return raw
 
 
 def resolve_path(value: str, base_dir: Path) -> Path:

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import files
 from .errors import ArtifactError
 from .validation import format_validation_error
 
@@ -211,11 +212,12 @@ class SirenHead(nn.Module):
 
 def read_head_config(directory: str | Path) -> HeadConfig:
     config_file = Path(directory) / CONFIG_FILE
-    if not config_file.is_file():
+    if not config_file.exists():
         raise ArtifactError(f"{config_file}: missing (a SIREN head directory holds {CONFIG_FILE} and {WEIGHTS_FILE})")
+    text = files.read_text(config_file, files.MAX_HEAD_CONFIG_BYTES, ArtifactError, "head config")
     try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
         raise ArtifactError(f"{config_file}: not valid JSON ({error})") from None
     try:
         config = HeadConfig.model_validate(raw)

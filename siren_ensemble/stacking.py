@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from .combiners import Combiner, logit, sigmoid
+from . import files
 from .errors import ArtifactError, ConfigError
 from .numbers import finite_number, finite_numbers
 
@@ -82,13 +83,14 @@ class StackerParams:
     @classmethod
     def load(cls, path: str | Path) -> "StackerParams":
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise ArtifactError(f"{path}: stacking parameters file is missing (fit one with `siren-ensemble fit-stacker`)")
+        files.check_file(path, files.MAX_ARTIFACT_BYTES, ArtifactError, "stacking parameters file")
         try:
             if path.suffix == ".safetensors":
                 raw = _read_safetensors(path)
             else:
-                raw = json.loads(path.read_text(encoding="utf-8"))
+                raw = json.loads(files.read_text(path, files.MAX_ARTIFACT_BYTES, ArtifactError, "stacking parameters file"))
             members = tuple(str(name) for name in raw["members"])
             coefficients = finite_numbers(raw["coefficients"], path, "coefficients")
             intercept = finite_number(raw["intercept"], path, "intercept")
