@@ -21,8 +21,10 @@ DEVICE_PATTERN = r"^(cpu|auto|mps|cuda(:\d+)?)$"
 #: from_pretrained arguments the member's own fields control; backbone_options may not override them.
 RESERVED_LOAD_OPTIONS = frozenset({
     "revision", "gguf_file", "dtype", "torch_dtype", "device_map", "max_memory", "trust_remote_code",
-    "subfolder", "cache_dir", "token", "local_files_only", "use_safetensors",
+    "subfolder", "cache_dir", "token", "local_files_only", "use_safetensors", "weights_only",
 })
+#: Of those, the ones that keep weights off pickle: siren-ensemble sets them, never a config.
+SAFETENSORS_ONLY_OPTIONS = frozenset({"use_safetensors", "weights_only"})
 #: Weights are relative; a bound keeps their sum finite.
 MAX_MEMBER_WEIGHT = 1e6
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -131,6 +133,11 @@ class EnsembleConfig(_Strict):
             if member.backbone not in backbone_registry:
                 raise ConfigError(f"{where}.backbone: {backbone_registry.unknown_message(member.backbone)}")
             reserved = sorted(set(member.backbone_options) & RESERVED_LOAD_OPTIONS)
+            if reserved and reserved[0] in SAFETENSORS_ONLY_OPTIONS:
+                raise ConfigError(
+                    f"{where}.backbone_options.{reserved[0]}: weights load from safetensors only (a pickle can run "
+                    f"code when it loads); siren-ensemble sets this itself"
+                )
             if reserved:
                 raise ConfigError(
                     f"{where}.backbone_options.{reserved[0]}: set by the member's own fields "
