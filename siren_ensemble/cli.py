@@ -125,14 +125,17 @@ def list_plugins(as_json):
 @cli.command()
 @config_option
 def validate(config_path):
-    """Check a config, its heads and its backbones' configs without loading weights or scoring."""
+    """Check a config, its heads and its backbones' configs without loading weights, scoring or running repository code."""
     from .config import load_config
     from .members import describe_plan, validate_plan
 
     config = load_config(config_path)
-    plans, _combiner = validate_plan(config)
+    plans, _combiner = validate_plan(config, remote_code=False)
     click.echo(f"{config_path}: OK")
     click.echo(describe_plan(config, plans))
+    for plan in plans:
+        if plan.spec.trust_remote_code:
+            click.echo(f"  {plan.name}: backbone config not read (trust_remote_code: validate runs no repository code)")
 
 
 @cli.command(name="fit-stacker")

@@ -192,13 +192,33 @@ def read_yaml(path: Path) -> Any:
     """A config file's YAML, read under ``files.MAX_CONFIG_BYTES``; every problem is a ConfigError naming the file."""
     text = files.read_text(path, files.MAX_CONFIG_BYTES, ConfigError, "config file")
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(f"{path}: invalid YAML: {where}{problem}") from None
     return raw
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a key written twice in one mapping is an error (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_lines: dict[Any, int] = {}
+            for key_node, _value in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # keys merged in with << may be overridden, as YAML means them to be
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in first_lines:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key!r} (first on line {first_lines[key]})", key_node.start_mark)
+                    first_lines[key] = key_node.start_mark.line + 1
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader reports it
+        return super().construct_mapping(node, deep=deep)
 
 
 def resolve_path(value: str, base_dir: Path) -> Path:
