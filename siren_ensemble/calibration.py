@@ -16,7 +16,9 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from .combiners import logit
+from . import files
 from .errors import ArtifactError
+from .numbers import finite_number, finite_numbers
 
 Method = Literal["platt", "isotonic"]
 #: A member's calibration, beside its head's siren_config.json (llm-siren ignores it).
@@ -43,11 +45,10 @@ class Calibration:
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
         path = Path(path)
+        text = files.read_text(path, files.MAX_ARTIFACT_BYTES, ArtifactError, "calibration file")
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ArtifactError(f"{path}: calibration file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raw = json.loads(text)
+        except json.JSONDecodeError as error:
             raise ArtifactError(f"{path}: not valid JSON ({error})") from None
         method = raw.pop("method", None) if isinstance(raw, dict) else None
         needed = {"platt": ("slope", "intercept"), "isotonic": ("x", "y")}.get(method)
@@ -56,9 +57,18 @@ class Calibration:
         missing = [key for key in needed if key not in raw]
         if missing:
             raise ArtifactError(f"{path}: {missing[0]}: missing for method {method!r}")
-        if method == "isotonic" and (len(raw["x"]) != len(raw["y"]) or len(raw["x"]) < 2):
+        if method == "platt":
+            return cls(method, {**raw, "slope": finite_number(raw["slope"], path, "slope"),
+                                "intercept": finite_number(raw["intercept"], path, "intercept")})
+        x, y = finite_numbers(raw["x"], path, "x"), finite_numbers(raw["y"], path, "y")
+        if len(x) != len(y) or len(x) < 2:
             raise ArtifactError(f"{path}: x, y: need two or more points of equal count")
-        return cls(method, raw)
+        if any(later < earlier for earlier, later in zip(x, x[1:])):
+            raise ArtifactError(f"{path}: x: must not decrease (np.interp reads the points in order)")
+        outside = [index for index, value in enumerate(y) if not 0.0 <= value <= 1.0]
+        if outside:
+            raise ArtifactError(f"{path}: y[{outside[0]}]: expected a number between 0 and 1, got {y[outside[0]]}")
+        return cls(method, {**raw, "x": list(x), "y": list(y)})
 
 
 def fit_calibration(scores: np.ndarray, labels: np.ndarray, method: Method) -> Calibration:

@@ -69,7 +69,7 @@ def score(config_path, texts, input_path, prompt, response, threshold, output_fo
         _print_table(rows, records, ensemble.member_names)
     else:
         for row in rows:
-            click.echo(json.dumps(row, ensure_ascii=False))
+            click.echo(json.dumps(row, ensure_ascii=False, allow_nan=False))  # strict JSON: the decision path never yields NaN
     if fail_on_harmful and any(result.is_harmful for result in results):
         sys.exit(EXIT_HARMFUL)
 
@@ -90,7 +90,8 @@ def _print_table(rows, records, member_names) -> None:
     for index, (row, record) in enumerate(zip(rows, records)):
         label = row.get("id", row.get("line", index + 1))
         member_cells = ["failed" if row["members"][name] is None else f"{row['members'][name]:.4f}" for name in member_names]
-        preview = " ".join(record.text.split())
+        # backslashreplace: a lone surrogate (scored as a per-text error) cannot be printed as it is
+        preview = " ".join(record.text.split()).encode("utf-8", "backslashreplace").decode("utf-8")
         preview = preview if len(preview) <= 48 else preview[:45] + "..."
         lines.append([str(label), f"{row['score']:.4f}", "yes" if row["is_harmful"] else "no", *member_cells, preview])
     widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
@@ -124,14 +125,17 @@ def list_plugins(as_json):
 @cli.command()
 @config_option
 def validate(config_path):
-    """Check a config, its heads and its backbones' configs without loading weights or scoring."""
+    """Check a config, its heads and its backbones' configs without loading weights, scoring or running repository code."""
     from .config import load_config
     from .members import describe_plan, validate_plan
 
     config = load_config(config_path)
-    plans, _combiner = validate_plan(config)
+    plans, _combiner = validate_plan(config, remote_code=False)
     click.echo(f"{config_path}: OK")
     click.echo(describe_plan(config, plans))
+    for plan in plans:
+        if plan.spec.trust_remote_code:
+            click.echo(f"  {plan.name}: backbone config not read (trust_remote_code: validate runs no repository code)")
 
 
 @cli.command(name="fit-stacker")

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from . import plugins
+from . import files, plugins
 from .errors import ConfigError
 from .validation import format_validation_error
 
@@ -21,8 +21,12 @@ DEVICE_PATTERN = r"^(cpu|auto|mps|cuda(:\d+)?)$"
 #: from_pretrained arguments the member's own fields control; backbone_options may not override them.
 RESERVED_LOAD_OPTIONS = frozenset({
     "revision", "gguf_file", "dtype", "torch_dtype", "device_map", "max_memory", "trust_remote_code",
-    "subfolder", "cache_dir", "token", "local_files_only", "use_safetensors",
+    "subfolder", "cache_dir", "token", "local_files_only", "use_safetensors", "weights_only",
 })
+#: Of those, the ones that keep weights off pickle: siren-ensemble sets them, never a config.
+SAFETENSORS_ONLY_OPTIONS = frozenset({"use_safetensors", "weights_only"})
+#: Weights are relative; a bound keeps their sum finite.
+MAX_MEMBER_WEIGHT = 1e6
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -46,8 +50,9 @@ class MemberConfig(_Strict):
     max_memory: dict[str | int, str | int] | None = None
     #: auto: bfloat16 on a CPU with native bf16 (AVX512-BF16, AMX) or a bf16 GPU, else float32.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
-    weight: float = Field(1.0, ge=0)
-    threshold: float | None = Field(None, ge=0, le=1)
+    #: Relative: weighted combiners divide by the total.
+    weight: float = Field(1.0, ge=0, le=MAX_MEMBER_WEIGHT, allow_inf_nan=False)
+    threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     trust_remote_code: bool = False
     #: Extra keyword arguments for the model's from_pretrained (e.g. attn_implementation).
     backbone_options: dict[str, str | int | float | bool | None] = {}
@@ -81,7 +86,7 @@ class SlidingWindowConfig(_Strict):
 class EnsembleConfig(_Strict):
     members: list[MemberConfig] = Field(min_length=1)
     combiner: CombinerConfig = CombinerConfig()
-    threshold: float | None = Field(None, ge=0, le=1)
+    threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     on_member_error: Literal["fail_closed", "fail_open", "raise"] = "fail_closed"
     batching: BatchingConfig = BatchingConfig()
     #: A score calibration JSON (``siren-ensemble calibrate --method``), applied to the combined score.
@@ -128,6 +133,11 @@ class EnsembleConfig(_Strict):
             if member.backbone not in backbone_registry:
                 raise ConfigError(f"{where}.backbone: {backbone_registry.unknown_message(member.backbone)}")
             reserved = sorted(set(member.backbone_options) & RESERVED_LOAD_OPTIONS)
+            if reserved and reserved[0] in SAFETENSORS_ONLY_OPTIONS:
+                raise ConfigError(
+                    f"{where}.backbone_options.{reserved[0]}: weights load from safetensors only (a pickle can run "
+                    f"code when it loads); siren-ensemble sets this itself"
+                )
             if reserved:
                 raise ConfigError(
                     f"{where}.backbone_options.{reserved[0]}: set by the member's own fields "
@@ -172,24 +182,43 @@ class EnsembleConfig(_Strict):
 
 def load_config(path: str | Path) -> EnsembleConfig:
     path = Path(path)
+    raw = read_yaml(path)
+    if raw is None:
+        raise ConfigError(f"{path}: empty config")
+    return EnsembleConfig.from_dict(raw, base_dir=path.parent.resolve(), source=str(path))
+
+
+def read_yaml(path: Path) -> Any:
+    """A config file's YAML, read under ``files.MAX_CONFIG_BYTES``; every problem is a ConfigError naming the file."""
+    text = files.read_text(path, files.MAX_CONFIG_BYTES, ConfigError, "config file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(f"{path}: invalid YAML: {where}{problem}") from None
-    if raw is None:
-        raise ConfigError(f"{path}: empty config")
-    return EnsembleConfig.from_dict(raw, base_dir=path.parent.resolve(), source=str(path))
+    return raw
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a key written twice in one mapping is an error (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_lines: dict[Any, int] = {}
+            for key_node, _value in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # keys merged in with << may be overridden, as YAML means them to be
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in first_lines:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key!r} (first on line {first_lines[key]})", key_node.start_mark)
+                    first_lines[key] = key_node.start_mark.line + 1
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader reports it
+        return super().construct_mapping(node, deep=deep)
 
 
 def resolve_path(value: str, base_dir: Path) -> Path:

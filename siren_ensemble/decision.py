@@ -19,14 +19,18 @@ from .members import MemberPlan, build_combiner
 
 #: The decision threshold when neither the config nor the combiner names one.
 DEFAULT_THRESHOLD = 0.5
+#: The key under a result's ``errors`` when the combined (or calibrated) score itself is not finite.
+ENSEMBLE_ERROR_KEY = "ensemble"
 
 
 @dataclass(frozen=True)
 class Decisions:
     scores: np.ndarray  # one ensemble score per text
     is_harmful: np.ndarray
-    #: Texts on which a member failed (``fail_closed`` scored them 1.0).
+    #: Texts on which a member or the ensemble score failed (``fail_closed`` scored them 1.0).
     failed: np.ndarray
+    #: Per text, the failures found on the path itself: a non-finite score, by member name or ``ENSEMBLE_ERROR_KEY``.
+    errors: tuple[dict[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,15 +70,41 @@ class DecisionPath:
 
     def scores(self, member_scores: np.ndarray) -> np.ndarray:
         """Ensemble scores of complete rows of head scores (texts x members, no failures)."""
-        combined = self.combiner.combine(self.calibrated_members(member_scores))
+        return self._calibrated(self.combiner.combine(self.calibrated_members(member_scores)))
+
+    def _calibrated(self, combined: np.ndarray) -> np.ndarray:
         return combined if self.calibration is None else self.calibration.apply(combined)
 
     def decide(self, member_scores: np.ndarray, failed: np.ndarray, threshold: float | None = None) -> Decisions:
         """Scores and verdicts; a failed member (NaN) counts as benign before combining, and under
-        ``fail_closed`` the text it failed on is scored 1.0 (harmful) whatever the others say."""
+        ``fail_closed`` the text it failed on is scored 1.0 (harmful) whatever the others say.
+
+        A score that is not finite at any stage (a member's, its calibration's, the combiner's, the
+        config calibration's) is a failure too, never a verdict: ``NaN >= threshold`` is False, which
+        would read as "not harmful". A member's counts as benign (0.0) on the shared scale; a non-finite
+        ensemble score becomes 1.0 under ``fail_closed`` and 0.0 otherwise, with the reason in ``errors``.
+        """
         threshold = self.threshold if threshold is None else threshold
-        filled = np.where(np.isnan(member_scores), 0.0, member_scores)
-        scores = self.scores(filled)
+        member_scores = np.asarray(member_scores, dtype=np.float64)
+        failed = np.array(failed, dtype=bool)
+        errors: list[dict[str, str]] = [{} for _ in range(len(member_scores))]
+        unscored = ~np.isfinite(member_scores)
+        self._note(errors, unscored & ~np.isnan(member_scores), member_scores, "non-finite score")
+        calibrated = self.calibrated_members(np.where(unscored, 0.0, member_scores))
+        bad_calibration = ~np.isfinite(calibrated)
+        self._note(errors, bad_calibration, calibrated, "its calibration gave a non-finite score")
+        calibrated = np.where(bad_calibration, 0.0, calibrated)
+        combined = np.asarray(self.combiner.combine(calibrated), dtype=np.float64)
+        scores = np.asarray(self._calibrated(combined), dtype=np.float64)
+        for row in np.flatnonzero(~np.isfinite(scores)):
+            stage = "combiner" if not np.isfinite(combined[row]) else "calibration"
+            errors[row][ENSEMBLE_ERROR_KEY] = f"the {stage} gave a non-finite score ({scores[row]})"
+        failed |= np.array([bool(row_errors) for row_errors in errors], dtype=bool)
+        scores = np.where(np.isfinite(scores), scores, 1.0 if self.on_member_error == "fail_closed" else 0.0)
         if self.on_member_error == "fail_closed":
             scores = np.where(failed, 1.0, scores)
-        return Decisions(scores, scores >= threshold, failed)
+        return Decisions(scores, scores >= threshold, failed, tuple(errors))
+
+    def _note(self, errors: list[dict[str, str]], where: np.ndarray, values: np.ndarray, what: str) -> None:
+        for row, column in zip(*np.nonzero(where)):
+            errors[row][self.member_names[column]] = f"{what} ({values[row, column]})"

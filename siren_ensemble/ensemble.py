@@ -18,13 +18,13 @@ from tqdm.auto import tqdm
 
 from .backbones.base import BackboneSpec
 from .config import BatchingConfig, EnsembleConfig, SlidingWindowConfig, load_config
-from .decision import DecisionPath
+from .decision import ENSEMBLE_ERROR_KEY, DecisionPath
 from .encoding import SpecialTokenLayout, encode_windows, plan_batches
 from .errors import ConfigError, InputError, MemberError, SirenError
 from .extraction import LoadedBackbone, union_of
 from .members import MemberPlan, plan_members, check_heads_against_backbones
 from .streaming import EnsembleStream, PassStream
-from .text import clean_text, join_prompt_response
+from .text import check_encodable, clean_text, join_prompt_response
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,28 @@ class _SharedPass:
         windows = encode_windows(self.backbone.tokenizer, cleaned, self.max_length, self.window_stride)
         return [(text_windows, False) for text_windows in windows]
 
+    def encode_each(self, cleaned: list[str]) -> list[tuple[list[list[int]], bool] | str]:
+        """As ``encode``, but a text the tokenizer cannot read gets the reason in its place, not the batch's error."""
+        try:
+            return list(self.encode(cleaned))
+        except Exception:  # find the text(s) to blame: tokenising alone gives every other text the same ids
+            pass
+        encoded: list[tuple[list[list[int]], bool] | str] = []
+        for text in cleaned:
+            try:
+                encoded.append(self.encode([text])[0])
+            except Exception as error:
+                encoded.append(f"tokenisation failed: {type(error).__name__}: {error}")
+        return encoded
+
 
 @dataclass
 class _MemberScores:
     scores: np.ndarray  # texts x members, NaN where a member failed
     truncated: np.ndarray
     errors: list[dict[str, str]]
+    #: Per text, why it could not be scored at all (cleaning failed), else None.
+    rejected: list[str | None]
 
 
 class Ensemble:
@@ -154,18 +170,27 @@ class Ensemble:
         return float(threshold)
 
     def _member_scores(self, texts: list[str], progress: bool) -> _MemberScores:
-        cleaned = [clean_text(text) for text in texts]
+        cleaned, rejected = _clean_each(texts)
         scores = np.full((len(texts), len(self.plans)), np.nan)
         truncated = np.zeros(len(texts), dtype=bool)
         errors: list[dict[str, str]] = [{} for _ in texts]
+        for row, reason in enumerate(rejected):
+            if reason is not None:
+                _record_failure(errors, [row], self.member_names, reason)
+        live = [row for row, text in enumerate(cleaned) if text is not None]
         work = []
         batching = self.config.batching
         for shared in self._passes:
-            encoded = shared.encode(cleaned)
-            truncated |= np.array([cut for _, cut in encoded])
             # One row per window; a text that fits (or is truncated) is a single window.
-            rows = [row for row, (windows, _) in enumerate(encoded) for _ in windows]
-            sequences = [ids for windows, _ in encoded for ids in windows]
+            rows, sequences = [], []
+            for row, encoded in zip(live, shared.encode_each([cleaned[row] for row in live])):
+                if isinstance(encoded, str):
+                    _record_failure(errors, [row], self._names(shared), encoded)
+                    continue
+                windows, cut = encoded
+                truncated[row] |= cut
+                rows += [row] * len(windows)
+                sequences += windows
             for batch in _plan(batching, [len(ids) for ids in sequences]):
                 work.append((shared, [rows[i] for i in batch], [sequences[i] for i in batch]))
         with self._lock, tqdm(total=len(work), desc="scoring", unit="batch", disable=not progress, leave=False) as bar:
@@ -183,18 +208,28 @@ class Ensemble:
                 with ThreadPoolExecutor(max_workers=len(by_device), thread_name_prefix="siren-device") as pool:
                     for future in [pool.submit(run_all, device_work) for device_work in by_device.values()]:
                         future.result()
-        return _MemberScores(scores, truncated, errors)
+        return _MemberScores(scores, truncated, errors, rejected)
+
+    def _names(self, shared: _SharedPass) -> list[str]:
+        return [self.member_names[position] for position in shared.member_positions]
 
     def _score_stream(self, text: str, streams: list[PassStream], threshold: float) -> EnsembleResult:
-        cleaned = clean_text(text)
+        [cleaned], rejected = _clean_each([text])
         scores = np.full((1, len(self.plans)), np.nan)
         truncated = np.zeros(1, dtype=bool)
         errors: list[dict[str, str]] = [{}]
+        if cleaned is None:
+            _record_failure(errors, [0], self.member_names, rejected[0])
+            return self._combine(_MemberScores(scores, truncated, errors, rejected), threshold)[0]
         batching = self.config.batching
         with self._lock:
             for stream in streams:
                 shared = stream.shared
-                [(windows, truncated_here)] = shared.encode([cleaned])
+                [encoded] = shared.encode_each([cleaned])
+                if isinstance(encoded, str):
+                    _record_failure(errors, [0], self._names(shared), encoded)
+                    continue
+                windows, truncated_here = encoded
                 truncated[0] |= truncated_here
                 if len(windows) > 1:  # sliding windows over a long text: each window is scored afresh
                     for batch in _plan(batching, [len(ids) for ids in windows]):
@@ -207,7 +242,7 @@ class Ensemble:
                     self._record_forward_failure(shared, [0], error, errors)
                     continue
                 self._score_heads(shared, [0], pooled, scores, errors)
-        return self._combine(_MemberScores(scores, truncated, errors), threshold)[0]
+        return self._combine(_MemberScores(scores, truncated, errors, rejected), threshold)[0]
 
     def _run_pass(self, shared: _SharedPass, batch: list[int], sequences, scores: np.ndarray, errors) -> None:
         try:
@@ -218,8 +253,7 @@ class Ensemble:
         self._score_heads(shared, batch, pooled, scores, errors)
 
     def _record_forward_failure(self, shared: _SharedPass, batch: list[int], error: Exception, errors) -> None:
-        for position in shared.member_positions:
-            _record_failure(errors, batch, self.plans[position].name, f"forward pass failed: {type(error).__name__}: {error}")
+        _record_failure(errors, batch, self._names(shared), f"forward pass failed: {type(error).__name__}: {error}")
 
     def _score_heads(self, shared: _SharedPass, batch: list[int], pooled, scores: np.ndarray, errors) -> None:
         members = [self.plans[position] for position in shared.member_positions]
@@ -229,7 +263,7 @@ class Ensemble:
                 probabilities = plan.head({layer: pooled[(request.pooling, layer)] for layer in request.layers})
                 values = probabilities.detach().cpu().double().numpy()
             except Exception as error:
-                _record_failure(errors, batch, plan.name, f"head failed: {type(error).__name__}: {error}")
+                _record_failure(errors, batch, [plan.name], f"head failed: {type(error).__name__}: {error}")
                 continue
             for row, value in zip(batch, values):
                 if math.isfinite(value):
@@ -241,11 +275,13 @@ class Ensemble:
     def _combine(self, member_scores: _MemberScores, threshold: float) -> list[EnsembleResult]:
         scores, errors = member_scores.scores, member_scores.errors
         failed = np.array([bool(text_errors) for text_errors in errors])
-        if failed.any() and self.config.on_member_error == "raise":
-            row = int(np.argmax(failed))
-            name, message = next(iter(errors[row].items()))
-            raise MemberError(f"member {name!r} failed on text {row}: {message}")
+        raises = self.config.on_member_error == "raise"
+        if raises:
+            _raise_first_failure(errors, member_scores.rejected)
         decisions = self.decision.decide(scores, failed, threshold)
+        errors = [{**row_errors, **found} for row_errors, found in zip(errors, decisions.errors)]
+        if raises:
+            _raise_first_failure(errors, member_scores.rejected)
         results = []
         for row in range(len(scores)):
             members = {
@@ -254,7 +290,7 @@ class Ensemble:
             }
             results.append(EnsembleResult(
                 score=float(decisions.scores[row]), is_harmful=bool(decisions.is_harmful[row]), threshold=threshold,
-                members=members, truncated=bool(member_scores.truncated[row]), errors=dict(errors[row]),
+                members=members, truncated=bool(member_scores.truncated[row]), errors=errors[row],
             ))
         return results
 
@@ -306,9 +342,38 @@ def _device_key(shared: _SharedPass) -> str:
     return str(shared.backbone.input_device)
 
 
-def _record_failure(errors: list[dict[str, str]], batch: list[int], member: str, message: str) -> None:
+def _record_failure(errors: list[dict[str, str]], batch: list[int], members: Sequence[str], message: str) -> None:
+    # An error message may quote the text; a lone surrogate in it could not be written out as JSON.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     for row in batch:
-        errors[row][member] = message
+        for member in members:
+            errors[row][member] = message
+
+
+def _raise_first_failure(errors: list[dict[str, str]], rejected: list[str | None]) -> None:
+    """The ``raise`` policy: the first failed text's first failure, naming the text."""
+    for row, row_errors in enumerate(errors):
+        if rejected[row] is not None:
+            raise InputError(f"texts[{row}]: {rejected[row]}")
+        for name, message in row_errors.items():
+            who = "the ensemble score" if name == ENSEMBLE_ERROR_KEY else f"member {name!r}"
+            raise MemberError(f"{who} failed on text {row}: {message}")
+
+
+def _clean_each(texts: Sequence[str]) -> tuple[list[str | None], list[str | None]]:
+    """Each text cleaned, or None with the reason it cannot be scored; one bad text never fails the others."""
+    cleaned: list[str | None] = []
+    rejected: list[str | None] = []
+    for text in texts:
+        try:
+            check_encodable(text)
+            cleaned.append(clean_text(text))
+            rejected.append(None)
+        except Exception as error:
+            cleaned.append(None)
+            rejected.append(f"text rejected: {error}" if isinstance(error, ValueError) else
+                            f"text rejected: {type(error).__name__}: {error}")
+    return cleaned, rejected
 
 
 def _check_string(what: str, value, allow_none: bool = True) -> None:

@@ -12,14 +12,15 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Annotated, Literal, Mapping
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, NonNegativeInt, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import files
 from .errors import ArtifactError
 from .validation import format_validation_error
 
@@ -27,6 +28,12 @@ CONFIG_FILE = "siren_config.json"
 WEIGHTS_FILE = "siren.safetensors"
 POOLING_TYPES = ("residual_mean", "mlp_mean")
 _LAYER_KEY = re.compile(r"^layer(\d+)(?:_.*)?$")
+# Generous bounds on the MLP a head file may ask for, checked before it is built (a huge layer_dims
+# would otherwise take all memory): the released heads are a few thousand inputs wide, layers of hundreds.
+MAX_INPUT_DIM = 1_048_576
+MAX_LAYER_DIM = 65_536
+MAX_HIDDEN_LAYERS = 16
+MAX_MLP_PARAMETERS = 2**28
 
 
 class _Section(BaseModel):
@@ -41,15 +48,15 @@ class BaseModelRef(_Section):
 
 class SirenModuleSpec(_Section):
     pooling_type: Literal["residual_mean", "mlp_mean"]
-    selected_layers: list[int] = Field(min_length=1)
-    layer_weights: dict[int, float] = {}
+    selected_layers: list[NonNegativeInt] = Field(min_length=1)
+    layer_weights: dict[NonNegativeInt, FiniteFloat] = {}
     selected_neurons_dict: dict[str, list[int]]
 
 
 class MLPSpec(_Section):
-    input_dim: int = Field(ge=1)
-    layer_dims: list[int]
-    dropout_rates: list[float]
+    input_dim: int = Field(ge=1, le=MAX_INPUT_DIM)
+    layer_dims: list[Annotated[int, Field(ge=1, le=MAX_LAYER_DIM)]] = Field(max_length=MAX_HIDDEN_LAYERS)
+    dropout_rates: list[Annotated[float, Field(ge=0, lt=1)]]
     num_classes: int = 2
 
 
@@ -205,11 +212,12 @@ class SirenHead(nn.Module):
 
 def read_head_config(directory: str | Path) -> HeadConfig:
     config_file = Path(directory) / CONFIG_FILE
-    if not config_file.is_file():
+    if not config_file.exists():
         raise ArtifactError(f"{config_file}: missing (a SIREN head directory holds {CONFIG_FILE} and {WEIGHTS_FILE})")
+    text = files.read_text(config_file, files.MAX_HEAD_CONFIG_BYTES, ArtifactError, "head config")
     try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
         raise ArtifactError(f"{config_file}: not valid JSON ({error})") from None
     try:
         config = HeadConfig.model_validate(raw)
@@ -230,8 +238,6 @@ def _check_consistency(config: HeadConfig, config_file: Path) -> None:
     except ValueError as error:
         fail("siren_module.selected_neurons_dict", str(error))
     for layer in config.siren_module.selected_layers:
-        if layer < 0:
-            fail("siren_module.selected_layers", f"layer {layer} is negative")
         if layer not in neurons:
             fail("siren_module.selected_neurons_dict", f"no '{neuron_key(layer)}' entry for selected layer {layer}")
         if not neurons[layer]:
@@ -245,6 +251,10 @@ def _check_consistency(config: HeadConfig, config_file: Path) -> None:
         fail("mlp.dropout_rates", f"has {len(config.mlp.dropout_rates)} entries for {len(config.mlp.layer_dims)} layer_dims")
     if config.mlp.num_classes != 2:
         fail("mlp.num_classes", f"is {config.mlp.num_classes}; the score is the probability of class 1 of 2")
+    widths = [config.mlp.input_dim, *config.mlp.layer_dims, config.mlp.num_classes]
+    parameters = sum((width + 1) * following for width, following in zip(widths, widths[1:]))
+    if parameters > MAX_MLP_PARAMETERS:
+        fail("mlp.layer_dims", f"an MLP of {parameters:,} parameters, over the limit of {MAX_MLP_PARAMETERS:,}")
 
 
 def _load_mlp_weights(mlp: SirenMLP, weights_file: Path) -> None:

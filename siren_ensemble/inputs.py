@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from . import files
 from .errors import InputError
 from .text import join_prompt_response
 
@@ -23,16 +25,20 @@ class InputRecord:
 
 
 def read_inputs(path: str, require_label: bool = False) -> list[InputRecord]:
-    """Read ``path`` (``-`` for stdin). ``.jsonl`` files, and stdin starting with ``{``, are JSONL."""
+    """Read ``path`` (``-`` for stdin). ``.jsonl`` files, and stdin starting with ``{``, are JSONL.
+
+    Read line by line under ``files.MAX_INPUT_BYTES`` in all and ``files.MAX_INPUT_LINE_BYTES`` a line.
+    """
     name = "<stdin>" if path == "-" else path
-    data = sys.stdin.buffer.read() if path == "-" else _read_bytes(path)
-    lines = data.split(b"\n")
-    decoded, problems = [], []
-    for number, raw in enumerate(lines, start=1):
+    if path == "-":
+        decoded, problems = _decode_lines(sys.stdin.buffer, name)
+    else:
+        files.check_file(Path(path), files.MAX_INPUT_BYTES, InputError, "input file", allow_pipe=True)
         try:
-            decoded.append((number, raw.decode("utf-8").rstrip("\r")))
-        except UnicodeDecodeError as error:
-            problems.append(f"line {number}: invalid UTF-8 at byte {error.start} of the line")
+            with open(path, "rb") as stream:
+                decoded, problems = _decode_lines(stream, name)
+        except OSError as error:
+            raise InputError(f"{path}: cannot read ({error.strerror})") from None
     content = [(number, line) for number, line in decoded if line.strip()]
     as_jsonl = path.endswith(".jsonl") or (path == "-" and bool(content) and content[0][1].lstrip().startswith("{"))
     if require_label and not as_jsonl:
@@ -52,15 +58,25 @@ def read_inputs(path: str, require_label: bool = False) -> list[InputRecord]:
     return records
 
 
-def _read_bytes(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: input file not found") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not an input file") from None
-    except OSError as error:
-        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+def _decode_lines(stream: BinaryIO, name: str) -> tuple[list[tuple[int, str]], list[str]]:
+    """Numbered lines of UTF-8 text, and a problem per line that is not; over a limit is an InputError."""
+    line_limit, total_limit = files.MAX_INPUT_LINE_BYTES, files.MAX_INPUT_BYTES
+    decoded, problems, total = [], [], 0
+    for number in itertools.count(1):
+        raw = stream.readline(line_limit + 2)  # room for the line's own "\r\n"
+        if not raw:
+            break
+        total += len(raw)
+        if total > total_limit:
+            raise InputError(f"{name}: over the limit of {total_limit:,} bytes for an input file")
+        line = raw.removesuffix(b"\n").rstrip(b"\r")
+        if len(line) > line_limit:
+            raise InputError(f"{name}: line {number}: over the limit of {line_limit:,} bytes for one line")
+        try:
+            decoded.append((number, line.decode("utf-8")))
+        except UnicodeDecodeError as error:
+            problems.append(f"line {number}: invalid UTF-8 at byte {error.start} of the line")
+    return decoded, problems
 
 
 def parse_text_object(line: str) -> tuple[dict, bool]:

@@ -95,10 +95,16 @@ def _adapter(member: MemberConfig, head: SirenHead | None, base_dir: Path, where
     return registration.cls(_backbone_spec(member, head, base_dir, registration.name, where))
 
 
-def check_heads_against_backbones(plans: list[MemberPlan]) -> None:
-    """Read each distinct backbone's config (no weights) and check every head can read it."""
+def check_heads_against_backbones(plans: list[MemberPlan], remote_code: bool = True) -> None:
+    """Read each distinct backbone's config (no weights) and check every head can read it.
+
+    ``remote_code=False`` skips members with ``trust_remote_code``: reading their config would run the
+    model repository's code (``validate`` promises to run nothing).
+    """
     depth_and_width: dict[BackboneSpec, tuple[int, int]] = {}
     for plan in plans:
+        if plan.spec.trust_remote_code and not remote_code:
+            continue
         try:
             if plan.spec not in depth_and_width:
                 model_config = plan.adapter.load_config()
@@ -200,10 +206,11 @@ def build_combiner(config: EnsembleConfig, plans: list[MemberPlan], combiner: Co
         raise type(error)(f"{config.source}: {error}") from None
 
 
-def validate_plan(config: EnsembleConfig) -> tuple[list[MemberPlan], Combiner]:
-    """Everything ``validate`` checks: heads, backbone configs, the combiner; no weights loaded."""
+def validate_plan(config: EnsembleConfig, remote_code: bool = True) -> tuple[list[MemberPlan], Combiner]:
+    """Everything ``validate`` checks: heads, backbone configs, the combiner; no weights loaded (and, with
+    ``remote_code=False``, no config of a ``trust_remote_code`` member read)."""
     plans = plan_members(config)
-    check_heads_against_backbones(plans)
+    check_heads_against_backbones(plans, remote_code)
     return plans, build_combiner(config, plans)
 
 

@@ -19,7 +19,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from .combiners import Combiner, logit, sigmoid
+from . import files
 from .errors import ArtifactError, ConfigError
+from .numbers import finite_number, finite_numbers
 
 FORMAT = "siren-ensemble/stacker-v1"
 
@@ -81,18 +83,19 @@ class StackerParams:
     @classmethod
     def load(cls, path: str | Path) -> "StackerParams":
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise ArtifactError(f"{path}: stacking parameters file is missing (fit one with `siren-ensemble fit-stacker`)")
+        files.check_file(path, files.MAX_ARTIFACT_BYTES, ArtifactError, "stacking parameters file")
         try:
             if path.suffix == ".safetensors":
                 raw = _read_safetensors(path)
             else:
-                raw = json.loads(path.read_text(encoding="utf-8"))
+                raw = json.loads(files.read_text(path, files.MAX_ARTIFACT_BYTES, ArtifactError, "stacking parameters file"))
             members = tuple(str(name) for name in raw["members"])
-            coefficients = tuple(float(value) for value in raw["coefficients"])
-            intercept = float(raw["intercept"])
+            coefficients = finite_numbers(raw["coefficients"], path, "coefficients")
+            intercept = finite_number(raw["intercept"], path, "intercept")
             interactions = tuple((str(a), str(b)) for a, b in raw.get("interactions") or ())
-            threshold = None if raw.get("threshold") is None else float(raw["threshold"])
+            threshold = None if raw.get("threshold") is None else finite_number(raw["threshold"], path, "threshold")
         except (KeyError, TypeError, ValueError, OSError) as error:
             raise ArtifactError(f"{path}: not a stacking parameters file ({type(error).__name__}: {error})") from None
         if len(members) + len(interactions) != len(coefficients):

@@ -34,3 +34,12 @@ def clean_text(text: str) -> str:
 def join_prompt_response(prompt: str | None, response: str | None) -> str:
     """Prompt and response joined by one newline; missing or empty parts are left out."""
     return "\n".join(part for part in (prompt, response) if part)
+
+
+def check_encodable(text: str) -> None:
+    """Raise ``ValueError`` when ``text`` holds a lone surrogate (JSON's ``"\\ud800"``): UTF-8 has no form for it,
+    so no tokenizer can read it. The message says where, without echoing the text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"not valid Unicode: lone surrogate U+{ord(text[error.start]):04X} at character {error.start}") from None

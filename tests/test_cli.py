@@ -125,6 +125,24 @@ def test_validate_reports_members_without_loading_weights(config, monkeypatch):
     assert "OK" in result.stdout and "a: backbone llama3" in result.stdout and "layers 0-2 (2)" in result.stdout
 
 
+def test_validate_runs_no_repository_code_for_trust_remote_code(tiny_models, write_head, write_config, monkeypatch):
+    from transformers import AutoConfig
+
+    head = write_head(tiny_models["llama"])
+    config = write_config({"members": [{"name": "a", "backbone": "llama3", "head": str(head), "trust_remote_code": True}]},
+                          name="remote.yaml")
+    original = AutoConfig.from_pretrained.__func__
+
+    def guarded(cls, *args, **kwargs):
+        assert not kwargs.get("trust_remote_code"), "validate would run the repository's code"
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", classmethod(guarded))
+    result = run("validate", "--config", config)
+    assert result.exit_code == 0, result.output
+    assert "a: backbone config not read (trust_remote_code: validate runs no repository code)" in result.stdout
+
+
 def test_plugins_json_lists_builtins():
     result = run("plugins", "--json")
     listing = json.loads(result.stdout)

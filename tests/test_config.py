@@ -57,6 +57,26 @@ def test_malformed_yaml(tmp_path, text, message):
         load_config(path)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("threshold: 0.9\nmembers: []\nthreshold: 0.1\n", "line 3, column 1: duplicate key 'threshold' (first on line 1)"),
+    ("members:\n  - name: a\n    head: h\n    head: other\n", "line 4, column 5: duplicate key 'head' (first on line 3)"),
+    ("members: [{name: a, name: b}]\n", "line 1, column 21: duplicate key 'name' (first on line 1)"),
+])
+def test_a_key_written_twice_is_an_error_naming_it_and_its_lines(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(path)
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("base: &base {name: a, backbone: llama3, head: h, weight: 2}\n"
+                    "members:\n  - <<: *base\n    weight: 3\n")
+    with pytest.raises(ConfigError, match="base: unknown field"):  # parsed fine; only the extra top-level key is wrong
+        load_config(path)
+
+
 def test_missing_and_non_utf8_files(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")

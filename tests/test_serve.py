@@ -174,6 +174,18 @@ def test_api_key_is_required_on_the_api_and_metrics_but_not_on_health(keyed_url)
     assert httpx.get(f"{keyed_url}/readyz").status_code == 200
 
 
+@pytest.mark.parametrize("header, authorized", [
+    (f"Bearer {KEY}", True), (f"bearer {KEY}", True), (f"Bearer  {KEY}", False), (f"Bearer {KEY} ", False),
+    (f"Bearer\t{KEY}", False), (KEY, False), ("Bearer ", False),
+])
+def test_the_bearer_header_must_be_exact(header, authorized):
+    from starlette.datastructures import Headers
+
+    from siren_ensemble.serve.auth import is_authorized
+
+    assert is_authorized(Headers({"authorization": header}), KEY) is authorized
+
+
 def test_non_loopback_host_needs_an_api_key():
     with pytest.raises(ConfigError, match="not a loopback address"):
         ServeSettings(host="0.0.0.0")
@@ -215,6 +227,8 @@ def test_bad_moderation_requests_get_400_with_a_clear_message(url, content, mess
     ({}, "provide `text`"),
     ({"text": 3}, "text: Input should be a valid string"),
     ({"text": "a", "threshold": 2}, "threshold: Input should be less than or equal to 1"),
+    ({"text": "a", "threshold": "0.5"}, "threshold: Input should be a valid number"),
+    ({"text": "a", "threshold": True}, "threshold: Input should be a valid number"),
     ({"text": "a", "extra": 1}, "extra: Extra inputs are not permitted"),
     ({"prompt": "p" * 401}, "prompt: 401 characters, over the limit of 400"),
 ])

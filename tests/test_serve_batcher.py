@@ -105,3 +105,19 @@ def test_a_request_abandoned_while_queued_is_not_scored():
 
     assert asyncio.run(with_batcher(scorer, body, max_wait_s=0)) == ["scored:later"]
     assert scorer.batches == [["first"], ["later"]]
+
+
+def test_a_batch_that_raises_is_scored_again_request_by_request():
+    gate = threading.Event()
+    scorer = RecordingScorer(fail_on="bad", gate=gate)
+
+    async def body(batcher):
+        requests = [asyncio.ensure_future(batcher.score(texts)) for texts in (["a", "b"], ["bad"], ["c"])]
+        await asyncio.sleep(0.02)
+        gate.set()
+        return await asyncio.gather(*requests, return_exceptions=True)
+
+    good, bad, other = asyncio.run(with_batcher(scorer, body, max_wait_s=0.01))
+    assert good == ["scored:a", "scored:b"] and other == ["scored:c"]
+    assert isinstance(bad, RuntimeError) and "cannot score 'bad'" in str(bad)
+    assert scorer.batches[0] == ["a", "b", "bad", "c"]  # gathered together, then split after the error

@@ -23,6 +23,8 @@ from .. import gguf_cache
 from ..errors import ArtifactError, ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: Weight files that are pickles: loading one can run code, so a directory holding only these is refused.
+PICKLED_WEIGHT_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class BackboneAdapter:
             return str(gguf_cache.converted(self._gguf_source())), kwargs
         if self.spec.revision:
             kwargs["revision"] = self.spec.revision
+        if Path(self.spec.model).is_dir():
+            refuse_pickled_weights(Path(self.spec.model))
         return self.spec.model, kwargs
 
     def _gguf_source(self) -> gguf_cache.GGUFSource:
@@ -125,6 +129,8 @@ class BackboneAdapter:
     def model_load_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {**self._location[1], "dtype": self.spec.torch_dtype}
         kwargs.update(dict(self.spec.options))
+        # Never a pickle, from a directory or the hub (GGUF weights load from their converted safetensors copy).
+        kwargs["use_safetensors"] = True
         kwargs["device_map"] = self._device_map()
         if self.spec.max_memory:
             kwargs["max_memory"] = dict(self.spec.max_memory)
@@ -185,6 +191,18 @@ class BackboneAdapter:
         """Keyword arguments for the forward call: a decoder's KV cache is never needed for scoring."""
         accepts_cache = "use_cache" in inspect.signature(model.forward).parameters
         return {"use_cache": False} if accepts_cache else {}
+
+
+def refuse_pickled_weights(directory: Path) -> None:
+    """A directory whose weights are only pickles (``pytorch_model.bin``) is refused, naming the file."""
+    if any(directory.glob("*.safetensors")):
+        return  # from_pretrained(use_safetensors=True) reads these and ignores any pickle beside them
+    pickled = sorted(path for pattern in PICKLED_WEIGHT_PATTERNS for path in directory.glob(pattern))
+    if pickled:
+        raise ArtifactError(
+            f"{pickled[0]}: pickled weights are refused (loading a pickle can run code); save the model with "
+            f"safetensors (save_pretrained(safe_serialization=True)) and remove the pickle"
+        )
 
 
 def check_device_available(device: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..config import is_local, load_config
+from ..config import is_local, load_config, read_yaml
 from ..data.records import read_dataset
 from ..errors import ConfigError, InputError
 from ..members import validate_plan
@@ -83,7 +83,7 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
 def write_calibrated_config(config_path: str | Path, out: str | Path, threshold: float, calibration_path: str | Path | None) -> Path:
     """A copy of the config with ``threshold`` (and ``calibration``) set; paths stay relative to ``out``'s directory."""
     config_path, out = Path(config_path), Path(out)
-    raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    raw = read_yaml(config_path)
     relative = _relative_paths(raw, config_path.resolve().parent)
     if relative and out.resolve().parent != config_path.resolve().parent:
         raise InputError(f"--write-config: write it next to {config_path}: its {relative[0]} is a relative path")

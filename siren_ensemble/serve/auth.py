@@ -10,7 +10,8 @@ from starlette.datastructures import Headers
 def is_authorized(headers: Headers, api_key: str | None) -> bool:
     if api_key is None:
         return True
+    # Exactly "Bearer <key>" (the scheme in any case): no stripping, so "Bearer  <key>" is refused.
     scheme, _, given = headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(given.strip().encode("utf-8"), api_key.encode("utf-8"))
+    return hmac.compare_digest(given.encode("utf-8"), api_key.encode("utf-8"))

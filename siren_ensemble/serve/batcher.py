@@ -5,6 +5,7 @@ stopping early when the batch holds ``max_texts`` texts or ``max_chars`` charact
 goes to one ``score_batch`` call on the model thread (a single worker: the model is not shared
 across threads), which itself splits it into forward passes capped by the config's
 ``batching.max_tokens``. While the model runs, new requests queue up and form the next batch.
+A batch that raises is scored again request by request, so an error reaches only the request that caused it.
 """
 
 from __future__ import annotations
@@ -94,6 +95,10 @@ class MicroBatcher:
         try:
             results = await self.run_on_model_thread(self._score_batch, texts)
         except Exception as error:
+            if len(batch) > 1:  # one request's text must not fail the requests it was gathered with
+                for pending in batch:
+                    await self._score([pending])
+                return
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(error)

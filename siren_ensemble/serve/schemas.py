@@ -10,7 +10,8 @@ from pydantic_core import PydanticCustomError
 from ..ensemble import EnsembleResult
 
 StrictText = Annotated[str, Strict()]
-Threshold = Annotated[float, Field(ge=0, le=1)]
+#: Strict: "0.5" and true are refused, not read as numbers.
+Threshold = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
 
 #: SIREN gives one harm score and cannot tell OpenAI's categories apart. Our verdict is the
 #: ``harmful`` category (and ``flagged``); the standard category keys are present, so clients that
