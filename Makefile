@@ -22,7 +22,7 @@ DEFAULT_SPLIT_OPTIONS :=
 DEFAULT_MEMBERS := smollm2-135m qwen2.5-coder-0.5b gemma3-270m
 # Features in bf16 (what the heads were trained on; fast on CPUs with native bf16, slower elsewhere), and a
 # max_length that reads 96% of responses whole (docs/evaluation.md).
-DEFAULT_TRAIN_OPTIONS := --dtype bfloat16 --max-length 512 --seed 0 --trials 24
+DEFAULT_TRAIN_OPTIONS := --dtype bfloat16 --max-length 512 --seed 0 --trials 24 --jobs 2
 HEADS_OUT ?= retrained-heads
 
 .PHONY: install install-models install-test install-data data default-split evaluate-default train-default test demo tiny-demo clean

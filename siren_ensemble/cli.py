@@ -209,10 +209,11 @@ def _parse_layers(value: str | None) -> tuple[int, ...] | None:
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
               help="auto: bfloat16 on a CPU with native bf16 or a bf16 GPU, else float32 (default: float32; with --member, the member's dtype).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="Processes fitting the stage-1 layer probes side by side (same result).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache (default: $SIREN_ENSEMBLE_CACHE or ~/.cache/siren-ensemble).")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write the per-layer probe F1 plot here.")
 def train(backbone, model, gguf_file, sha256, revision, member, config_path, data_path, out_dir, eta, trials, folds, layers_text, max_length, device, dtype,
-          seed, cache_dir, plots_dir):
+          seed, jobs, cache_dir, plots_dir):
     """Train a SIREN head (layer probes, safety neurons, MLP search) on a split directory."""
     from pathlib import Path
 
@@ -234,7 +235,7 @@ def train(backbone, model, gguf_file, sha256, revision, member, config_path, dat
     else:
         adapter = adapter_for(backbone, _one_or_parts(model), gguf_file, revision, dtype or "float32", device, sha256=sha256)
     extractor = FeatureExtractor(adapter, max_length=max_length, cache_dir=cache_dir)
-    options = TrainOptions(eta=eta, trials=trials, folds=folds, layers=_parse_layers(layers_text), seed=seed)
+    options = TrainOptions(eta=eta, trials=trials, folds=folds, layers=_parse_layers(layers_text), seed=seed, jobs=jobs)
     report = train_head(extractor, data_path, out_dir, options, progress=sys.stderr.isatty())
     if plots_dir:
         from .evaluation.plots import layer_f1

@@ -170,3 +170,14 @@ def test_a_head_still_below_the_best_probe_is_reported_loudly(monkeypatch, tiny_
     assert any("below the layer" in record.message for record in caplog.records if record.levelno == logging.WARNING)
     assert (tmp_path / "head" / SUMMARY_FILE).read_text().startswith("WARNING: ")
     assert json.loads((tmp_path / "head" / REPORT_FILE).read_text())["probe_comparison"]["warning"]
+
+
+def test_layer_probes_in_parallel_are_the_same_probes():
+    from siren_ensemble.training.probes import fit_layer_probes
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 160)
+    layers = {layer: rng.normal(size=(160, 12)) + labels[:, None] * (layer + 1) * 0.3 for layer in range(3)}
+    train, validation = ({k: v[:120] for k, v in layers.items()}, {k: v[120:] for k, v in layers.items()})
+    arguments = (train, labels[:120], validation, labels[120:], [0, 1, 2], 0.9)
+    assert fit_layer_probes(*arguments, jobs=2) == fit_layer_probes(*arguments, jobs=1)

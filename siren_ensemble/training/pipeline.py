@@ -42,6 +42,8 @@ class TrainOptions:
     seed: int = 0
     c_grid: tuple[float, ...] = DEFAULT_C_GRID
     threshold: float = 0.5
+    #: Processes for the stage-1 layer probes (the result does not depend on it).
+    jobs: int = 1
 
 
 @dataclass
@@ -92,7 +94,7 @@ def train_head(extractor: FeatureExtractor, data: str | Path, out: str | Path, o
     layers = _check_layers(options.layers, num_layers)
     logger.info("features ready in %.0f s; stage 1: probes for %d layers", extracted - started, len(layers))
     probes, alphas = fit_layer_probes(train.layers, train.labels, validation.layers, validation.labels, layers,
-                                      options.eta, options.c_grid, options.seed, progress)
+                                      options.eta, options.c_grid, options.seed, progress, options.jobs)
     neurons = {probe.layer: list(probe.neurons) for probe in probes}
     probed = time.perf_counter()
     logger.info("stage 1 done in %.0f s: %d safety neurons; stage 2: %d Optuna trials, %d-fold CV",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
+from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, roc_auc_score
@@ -127,11 +128,15 @@ def _probe_scores(probe: LayerProbe) -> dict:
 
 def fit_layer_probes(train: Mapping[int, np.ndarray], train_y: np.ndarray, validation: Mapping[int, np.ndarray], val_y: np.ndarray,
                      layers: Sequence[int], eta: float, c_grid: Sequence[float] = DEFAULT_C_GRID, seed: int = 0,
-                     progress: bool = False) -> tuple[list[LayerProbe], dict[int, float]]:
-    """Probes for ``layers`` and the layer weights alpha_l derived from their validation F1."""
-    probes = [
-        fit_layer_probe(layer, train[layer], train_y, validation[layer], val_y, eta, c_grid, seed=seed)
-        for layer in tqdm(layers, desc="layer probes", unit="layer", disable=not progress, leave=False)
-    ]
+                     progress: bool = False, jobs: int = 1) -> tuple[list[LayerProbe], dict[int, float]]:
+    """Probes for ``layers`` and the layer weights alpha_l derived from their validation F1.
+
+    liblinear fits one probe on one core; ``jobs`` processes fit layers side by side (same probes).
+    """
+    shown = tqdm(layers, desc="layer probes", unit="layer", disable=not progress, leave=False)
+    probes = list(Parallel(n_jobs=jobs)(
+        delayed(fit_layer_probe)(layer, train[layer], train_y, validation[layer], val_y, eta, c_grid, seed=seed)
+        for layer in shown
+    ))
     alphas = layer_alphas({probe.layer: probe.validation_f1 for probe in probes})
     return probes, alphas
