@@ -253,11 +253,12 @@ def train(backbone, model, gguf_file, sha256, revision, member, config_path, dat
 @click.option("--no-baselines", is_flag=True, help="Skip the last-layer probe and TF-IDF baselines.")
 @click.option("--no-loso", is_flag=True, help="Skip the leave-one-source-out table.")
 @click.option("--no-stackers", is_flag=True, help="Skip the stackers fitted on cross-fitted member scores (they refit each member's MLP per fold).")
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="Processes for the leave-one-source-out rows (same table).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write ROC, PR and per-layer F1 plots (PNG) here.")
 @click.option("--examples", type=click.IntRange(0), default=0, show_default=True,
               help="Show this many misclassified records per source and kind (missed harmful, flagged benign).")
-def evaluate(config_path, data_path, split, out_path, target_recall, no_baselines, no_loso, no_stackers, cache_dir, plots_dir, examples):
+def evaluate(config_path, data_path, split, out_path, target_recall, no_baselines, no_loso, no_stackers, jobs, cache_dir, plots_dir, examples):
     """Metrics of every member, every combiner and the baselines, per source, plus leave-one-source-out."""
     from pathlib import Path
 
@@ -266,7 +267,7 @@ def evaluate(config_path, data_path, split, out_path, target_recall, no_baseline
 
     _log_progress_to_stderr()
     options = EvaluateOptions(split=split, target_recall=target_recall, baselines=not no_baselines, leave_one_source_out=not no_loso,
-                              stackers=not no_stackers, examples=examples)
+                              stackers=not no_stackers, examples=examples, jobs=jobs)
     report = run_evaluation(config_path, data_path, options, cache_dir, progress=sys.stderr.isatty(), plots_dir=plots_dir)
     if out_path:
         Path(out_path).write_text(json.dumps(report, indent=2) + "\n")

@@ -129,6 +129,10 @@ def test_misclassified_examples_are_the_wrong_ones_most_confident_first():
 def test_evaluate_lists_misclassified_examples_when_asked(two_member_config, synthetic_data, trained_heads):
     report = evaluate(two_member_config, synthetic_data, EvaluateOptions(examples=2, baselines=False),
                       cache_dir=trained_heads["cache"])
+    # Leave-one-source-out rows computed in two processes are the same rows.
+    side_by_side = evaluate(two_member_config, synthetic_data, EvaluateOptions(examples=2, baselines=False, jobs=2),
+                            cache_dir=trained_heads["cache"])
+    assert side_by_side["leave_one_source_out"] == report["leave_one_source_out"]
     assert report["misclassified"]["scorer"] == "ensemble (config)"
     assert set(report["misclassified"]) == {"scorer", "missed_harmful", "flagged_benign"}
     assert set(report["leave_one_source_out"]["_misclassified"]) <= {"harmful-a", "harmful-b", "benign-a", "benign-b"}

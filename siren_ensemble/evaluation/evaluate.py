@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from joblib import Parallel, delayed
 
 from ..config import CombinerConfig, EnsembleConfig, load_config
 from ..data.records import SPLITS, SafetyRecord, read_dataset
@@ -60,6 +61,8 @@ class EvaluateOptions:
     stackers: bool = True
     #: Folds of the cross-fitted member scores that stackers are fitted on.
     folds: int = 3
+    #: Processes for the leave-one-source-out rows (the table does not depend on it).
+    jobs: int = 1
 
 
 @dataclass
@@ -283,28 +286,36 @@ def _leave_one_source_out(config: EnsembleConfig, plans, splits: dict[str, _Spli
     train, validation = splits["train"], splits["validation"]
     everything = _concat([splits[name] for name in SPLITS])
     params = [member_mlp_params(plan.head) for plan in plans]
-    table, examples = {}, {}
-    for source in sorted({record.source for record in everything.records}):
-        keep_train = _rows(train, source, keep=False)
-        keep_val = _rows(validation, source, keep=False)
-        held_out = everything.subset(_rows(everything, source, keep=True))
-        fit, tune = train.subset(keep_train), validation.subset(keep_val)
-        if len(set(fit.labels.tolist())) < 2 or len(set(tune.labels.tolist())) < 2:
-            continue  # without this source one class is missing: nothing to fit
-        for column in range(len(plans)):
-            tune.member_scores[:, column], held_out.member_scores[:, column] = refit_scores(
-                fit.member_x[column], fit.labels, params[column], [tune.member_x[column], held_out.member_x[column]], options.seed)
-        others = cross_fitted.without(source) if cross_fitted is not None else None
-        outputs = _scorer_outputs(config, plans, held_out, tune, options, others)
-        if options.baselines:
-            outputs.update(_baseline_outputs(plans, fit, tune, held_out, options.target_recall))
-        table[source] = {name: binary_metrics(held_out.labels, scored.scores, scored.threshold).to_dict()
-                         for name, scored in outputs.items()}
-        if options.examples:
-            examples[source] = _misclassified(held_out.records, outputs[_shown_scorer(outputs)], options.examples)
+    sources = sorted({record.source for record in everything.records})
+    # Sources are independent and every fit is seeded, so processes side by side give the same table.
+    held_out = Parallel(n_jobs=options.jobs)(
+        delayed(_held_out_source)(source, config, plans, train, validation, everything, params, options, cross_fitted)
+        for source in sources
+    )
+    table = {source: metrics for source, metrics, _ in held_out if metrics is not None}
+    examples = {source: shown for source, metrics, shown in held_out if metrics is not None and shown is not None}
     if examples:
         table["_misclassified"] = examples
     return table
+
+
+def _held_out_source(source: str, config: EnsembleConfig, plans, train: _SplitData, validation: _SplitData,
+                     everything: _SplitData, params, options: EvaluateOptions, cross_fitted: _CrossFitted | None):
+    """One leave-one-source-out row: (source, metrics by scorer or None when a class is missing, misclassified examples)."""
+    held_out = everything.subset(_rows(everything, source, keep=True))
+    fit, tune = train.subset(_rows(train, source, keep=False)), validation.subset(_rows(validation, source, keep=False))
+    if len(set(fit.labels.tolist())) < 2 or len(set(tune.labels.tolist())) < 2:
+        return source, None, None  # without this source one class is missing: nothing to fit
+    for column in range(len(plans)):
+        tune.member_scores[:, column], held_out.member_scores[:, column] = refit_scores(
+            fit.member_x[column], fit.labels, params[column], [tune.member_x[column], held_out.member_x[column]], options.seed)
+    others = cross_fitted.without(source) if cross_fitted is not None else None
+    outputs = _scorer_outputs(config, plans, held_out, tune, options, others)
+    if options.baselines:
+        outputs.update(_baseline_outputs(plans, fit, tune, held_out, options.target_recall))
+    metrics = {name: binary_metrics(held_out.labels, scored.scores, scored.threshold).to_dict() for name, scored in outputs.items()}
+    shown = _misclassified(held_out.records, outputs[_shown_scorer(outputs)], options.examples) if options.examples else None
+    return source, metrics, shown
 
 
 def _shown_scorer(outputs: dict[str, Scored]) -> str:
