@@ -76,14 +76,14 @@ class WeightedMeanCombiner(Combiner):
         super().__init__(options, members, config_dir)
         weights = np.array([member.weight for member in self.members], dtype=np.float64)
         if weights.sum() <= 0:
-            raise ConfigError("members[*].weight: weighted_mean needs a positive total weight")
+            raise ConfigError(f"members[*].weight: {self.name} needs a positive total weight")
         self.weights = weights / weights.sum()
 
     def combine(self, scores: np.ndarray) -> np.ndarray:
         return scores @ self.weights
 
 
-class LogitMeanCombiner(Combiner):
+class LogitMeanCombiner(WeightedMeanCombiner):
     """Pooled log-odds: the weighted mean of the members' logits, back through the sigmoid.
 
     With members calibrated onto one scale this is the natural average of probabilities: two members
@@ -94,15 +94,8 @@ class LogitMeanCombiner(Combiner):
     name = "logit_mean"
     description = "sigmoid of the weighted mean of member logits (pooled log-odds of calibrated members)"
 
-    def __init__(self, options, members, config_dir):
-        super().__init__(options, members, config_dir)
-        weights = np.array([member.weight for member in self.members], dtype=np.float64)
-        if weights.sum() <= 0:
-            raise ConfigError("members[*].weight: logit_mean needs a positive total weight")
-        self.weights = weights / weights.sum()
-
     def combine(self, scores: np.ndarray) -> np.ndarray:
-        return sigmoid(logit(scores) @ self.weights)
+        return sigmoid(super().combine(logit(scores)))
 
 
 class MaxCombiner(Combiner):
