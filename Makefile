@@ -57,7 +57,7 @@ default-split: install-data
 # The numbers of docs/evaluation.md from the committed heads (about 1 h on 2 CPU cores with native
 # bf16 when the feature cache is cold, a few minutes when it is warm).
 evaluate-default: install-models default-split
-	$(BIN)/siren-ensemble evaluate --data $(DEFAULT_SPLIT) --target-recall 0.95 --examples 3 --out evaluation.json
+	$(BIN)/siren-ensemble evaluate --data $(DEFAULT_SPLIT) --target-recall 0.95 --examples 3 --jobs 2 --plots plots --out evaluation.json
 
 # Retrains the three heads (each with its calibration.json) into $(HEADS_OUT)/, then the stacker over them:
 # same seed and data give the committed files. The feature cache makes a stopped run resume where it stopped.
