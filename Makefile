@@ -59,7 +59,7 @@ default-split: install-data
 evaluate-default: install-models default-split
 	$(BIN)/siren-ensemble evaluate --data $(DEFAULT_SPLIT) --target-recall 0.95 --examples 3 --jobs 2 --plots plots --out evaluation.json
 
-# Retrains the three heads (each with its calibration.json) into $(HEADS_OUT)/, then the stacker over them:
+# Retrains the three heads (each with its calibration.json) into $(HEADS_OUT)/:
 # same seed and data give the committed files. The feature cache makes a stopped run resume where it stopped.
 train-default: install-models default-split
 	for member in $(DEFAULT_MEMBERS); do \
