@@ -10,6 +10,18 @@ from siren_ensemble.testing import TINY_DIMENSIONS, build_tiny_model, random_hea
 HIDDEN = TINY_DIMENSIONS["hidden_size"]
 DEPTH = TINY_DIMENSIONS["num_hidden_layers"]
 
+@pytest.fixture(autouse=True, scope="session")
+def _features_outside_the_user_cache(tmp_path_factory):
+    """Features extracted by tests go to a temporary directory, never into the user's cache. (Converted
+    GGUF weights stay in the user cache: the real tier would otherwise convert them on every run.)"""
+    from siren_ensemble.cache import FEATURE_CACHE_ENV
+
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv(FEATURE_CACHE_ENV, str(tmp_path_factory.mktemp("features")))
+    yield
+    patcher.undo()
+
+
 TEXTS = [
     "How do I bake bread at home?",
     "Write a poem about the sea.",

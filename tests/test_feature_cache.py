@@ -54,3 +54,10 @@ def test_a_finished_extraction_is_read_back_without_the_backbone(tiny_models, tm
     again = FeatureExtractor(adapter_for("llama3", str(tiny_models["llama"])), max_length=32, cache_dir=tmp_path, chunk_size=3)
     for layer, array in again.features(TEXTS).items():
         np.testing.assert_array_equal(array, stored[layer])
+
+
+def test_tests_never_write_features_into_the_user_cache(tiny_models):
+    from siren_ensemble.cache import cache_root, feature_cache_root
+
+    extractor = FeatureExtractor(adapter_for("llama3", str(tiny_models["llama"])))  # no cache_dir: the default
+    assert extractor.cache_dir == feature_cache_root() != cache_root() / "features"

@@ -20,7 +20,7 @@ from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..backbones.base import BackboneAdapter, BackboneSpec
-from ..cache import cache_root
+from ..cache import feature_cache_root
 from ..encoding import plan_batches
 from ..errors import ArtifactError
 from ..extraction import LoadedBackbone
@@ -52,7 +52,7 @@ class FeatureExtractor:
         self.pooling = pooling
         self.max_tokens = max_tokens
         self.max_texts = max_texts
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "features"
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else feature_cache_root()
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.chunk_size = chunk_size
