@@ -61,3 +61,14 @@ def test_tests_never_write_features_into_the_user_cache(tiny_models):
 
     extractor = FeatureExtractor(adapter_for("llama3", str(tiny_models["llama"])))  # no cache_dir: the default
     assert extractor.cache_dir == feature_cache_root() != cache_root() / "features"
+
+
+def test_a_chunk_of_the_wrong_size_is_refused_not_read_into_the_wrong_rows(tiny_models, tmp_path):
+    from siren_ensemble.errors import ArtifactError
+    from siren_ensemble.training.feature_cache import _chunk_path, _write_atomically
+
+    extractor = FeatureExtractor(adapter_for("llama3", str(tiny_models["llama"])), max_length=32, cache_dir=tmp_path, chunk_size=4)
+    chunks_dir = tmp_path / f"{extractor.cache_key(TEXTS)}.chunks-4"
+    _write_atomically({0: np.zeros((2, 64), dtype=np.float32)}, _chunk_path(chunks_dir, 0, 4))  # 2 rows, 4 expected
+    with pytest.raises(ArtifactError, match=r"\[2\] rows where 4 were expected; delete .*chunks-4 to extract again"):
+        extractor.features(TEXTS)

@@ -85,28 +85,23 @@ class FeatureExtractor:
         if path.is_file():
             return _read(path)
         chunks_dir = path.with_suffix(f".chunks-{self.chunk_size}")  # another chunk size starts afresh
-        starts = range(0, len(texts), self.chunk_size)
-        done = sum(1 for start in starts if _chunk_path(chunks_dir, start, self.chunk_size).is_file())
-        with tqdm(total=len(texts), initial=min(done * self.chunk_size, len(texts)), desc=description, unit="text",
-                  disable=not progress, leave=False) as bar:
-            for start in starts:
-                chunk_path = _chunk_path(chunks_dir, start, self.chunk_size)
-                if chunk_path.is_file():
+        chunks = [(texts[start:start + self.chunk_size], _chunk_path(chunks_dir, start, self.chunk_size))
+                  for start in range(0, len(texts), self.chunk_size)]
+        parts = []
+        with tqdm(total=len(texts), initial=sum(len(chunk) for chunk, stored in chunks if stored.is_file()),
+                  desc=description, unit="text", disable=not progress, leave=False) as bar:
+            for chunk, stored in chunks:
+                if stored.is_file():  # written by a run that stopped; checked, since a stale file would shift rows
+                    parts.append(_read_chunk(stored, len(chunk), chunks_dir))
                     continue
-                chunk = self._extract(texts[start:start + self.chunk_size])
-                _write_atomically(chunk, chunk_path)
-                bar.update(len(texts[start:start + self.chunk_size]))
-        parts = [_read(_chunk_path(chunks_dir, start, self.chunk_size)) for start in starts]
-        for start, part in zip(starts, parts):
-            rows = {len(array) for array in part.values()}
-            if rows != {len(texts[start:start + self.chunk_size])}:
-                raise ArtifactError(f"{_chunk_path(chunks_dir, start, self.chunk_size)}: {sorted(rows)} rows where "
-                                    f"{len(texts[start:start + self.chunk_size])} were expected; delete {chunks_dir} to extract again")
+                parts.append(self._extract(chunk))
+                _write_atomically(parts[-1], stored)
+                bar.update(len(chunk))
         layer_features = {layer: np.concatenate([part[layer] for part in parts]) for layer in parts[0]} if parts else \
             self._extract([])
         _write_atomically(layer_features, path)
-        for start in starts:
-            _chunk_path(chunks_dir, start, self.chunk_size).unlink(missing_ok=True)
+        for _, stored in chunks:
+            stored.unlink(missing_ok=True)
         if chunks_dir.is_dir():
             chunks_dir.rmdir()
         return layer_features
@@ -127,6 +122,15 @@ class FeatureExtractor:
 
 def _chunk_path(chunks_dir: Path, start: int, chunk_size: int) -> Path:
     return chunks_dir / f"{start // chunk_size:05d}.safetensors"
+
+
+def _read_chunk(path: Path, expected_rows: int, chunks_dir: Path) -> LayerFeatures:
+    part = _read(path)
+    rows = {len(array) for array in part.values()}
+    if rows != {expected_rows}:
+        raise ArtifactError(f"{path}: {sorted(rows)} rows where {expected_rows} were expected; "
+                            f"delete {chunks_dir} to extract again")
+    return part
 
 
 def _read(path: Path) -> LayerFeatures:
