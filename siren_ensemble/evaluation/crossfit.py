@@ -9,14 +9,17 @@ predictions, so it is not fitted on the data it is tuned on either.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from ..stacking import StackerParams, fit_stacker
 from ..training.crossfit import cross_fitted_head_scores, out_of_fold
 from ..training.mlp_search import MLPParams
+
+if TYPE_CHECKING:
+    from ..decision import DecisionPath
 
 DEFAULT_FOLDS = 3
 
@@ -26,6 +29,17 @@ def cross_fitted_member_scores(member_x: Sequence[np.ndarray], labels: np.ndarra
     """Out-of-fold head scores, records x members (each member's MLP refitted per fold)."""
     return np.stack([cross_fitted_head_scores(x, labels, groups, member_params, folds, seed)
                      for x, member_params in zip(member_x, params)], axis=1)
+
+
+def stacker_inputs(members: "DecisionPath", out_of_fold: np.ndarray, validation_scores: np.ndarray,
+                   is_validation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What a cross-fitted stacker is fitted on (calibrated out-of-fold member scores), and what it meets at
+    run time for the same records: the final heads' calibrated scores on validation, where those heads are
+    out-of-sample; on train, where they are not, the out-of-fold scores again."""
+    fit_inputs = members.calibrated_members(out_of_fold)
+    deploy_inputs = fit_inputs.copy()
+    deploy_inputs[is_validation] = members.calibrated_members(validation_scores)
+    return fit_inputs, deploy_inputs
 
 
 @dataclass
@@ -82,20 +96,14 @@ def fit_stacker_on_split(config_path, data, target_recall: float | None = None, 
         validation_scores.append(scorer.head_scores(plan, validation_features))
     groups = record_groups(records)
     oof = cross_fitted_member_scores(member_x, labels, groups, [member_mlp_params(plan.head) for plan in plans], folds, seed)
-    members = DecisionPath.from_config(config, plans)
-    fit_inputs = members.calibrated_members(oof)
-    deploy_inputs = fit_inputs.copy()
     is_validation = np.arange(len(records)) >= len(train)
-    deploy_inputs[is_validation] = members.calibrated_members(np.stack(validation_scores, axis=1))
+    fit_inputs, deploy_inputs = stacker_inputs(DecisionPath.from_config(config, plans), oof,
+                                               np.stack(validation_scores, axis=1), is_validation)
     fitted = cross_fitted_stacker(fit_inputs, deploy_inputs, labels, groups, [plan.name for plan in plans], interactions, folds, seed)
     params, validation_predictions = fitted.params, fitted.out_of_fold[is_validation]
     report = {"examples": int(len(labels)), "harmful": int(labels.sum()), "folds": folds, "cross_fitted": True}
     if target_recall is not None:
         threshold = threshold_for_recall(labels[is_validation], validation_predictions, target_recall)
-        params = StackerParams(params.members, params.coefficients, params.intercept, params.fitted_on, params.interactions,
-                               round(float(threshold), 6))
-        report["threshold"] = params.threshold
+        report["threshold"] = round(float(threshold), 6)
         report["validation_out_of_fold"] = binary_metrics(labels[is_validation], validation_predictions, threshold).to_dict()
-    params = StackerParams(params.members, params.coefficients, params.intercept, params.fitted_on | report,
-                           params.interactions, params.threshold)
-    return params, report
+    return replace(params, fitted_on=params.fitted_on | report, threshold=report.get("threshold")), report

@@ -33,7 +33,7 @@ from ..members import MemberPlan, validate_plan
 from ..training.crossfit import record_groups
 from ..training.pipeline import REPORT_FILE
 from . import baselines, plots
-from .crossfit import cross_fitted_member_scores, cross_fitted_stacker
+from .crossfit import cross_fitted_member_scores, cross_fitted_stacker, stacker_inputs
 from .metrics import binary_metrics, threshold_for_recall
 from .refit import member_mlp_params, refit_scores
 from .scoring import FeatureScorer
@@ -233,9 +233,7 @@ def _cross_fit(plans: list[MemberPlan], train: _SplitData, validation: _SplitDat
 def _stacker_outputs(own: DecisionPath, plans: list[MemberPlan], evaluated: _SplitData, validation: _SplitData,
                      options: EvaluateOptions, cross_fitted: _CrossFitted) -> dict[str, Scored]:
     """Stackers fitted on calibrated cross-fitted scores; thresholds from their out-of-fold predictions of validation."""
-    fit_inputs = own.calibrated_members(cross_fitted.scores)
-    deploy_inputs = fit_inputs.copy()
-    deploy_inputs[cross_fitted.is_validation] = own.calibrated_members(validation.member_scores)
+    fit_inputs, deploy_inputs = stacker_inputs(own, cross_fitted.scores, validation.member_scores, cross_fitted.is_validation)
     names = [plan.name for plan in plans]
     outputs = {}
     for label, interactions in CROSS_FITTED_STACKERS:

@@ -6,13 +6,15 @@ record scored by a model that was not fitted on it, so it learns how the models 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from ..data.records import SafetyRecord
-from .mlp_search import FitOptions, MLPParams, fit_mlp, predict
+
+if TYPE_CHECKING:
+    from .mlp_search import MLPParams
 
 #: fit_predict(train_rows, predict_rows) -> one prediction per row of predict_rows.
 FitPredict = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -37,9 +39,11 @@ def out_of_fold(labels: np.ndarray, groups: np.ndarray, fit_predict: FitPredict,
     return predictions
 
 
-def cross_fitted_head_scores(x: np.ndarray, labels: np.ndarray, groups: np.ndarray, params: MLPParams, folds: int = 3,
+def cross_fitted_head_scores(x: np.ndarray, labels: np.ndarray, groups: np.ndarray, params: "MLPParams", folds: int = 3,
                              seed: int = 0) -> np.ndarray:
     """Out-of-fold scores of a head's stage 2 (its MLP refitted per fold on ``x``, its weighted safety neurons)."""
+    from .mlp_search import FitOptions, fit_mlp, predict  # mlp_search takes its folds from here
+
     def fit_predict(fit_rows, held_out):
         mlp, _ = fit_mlp(x[fit_rows], labels[fit_rows], params, FitOptions(seed=seed))
         return predict(mlp, x[held_out])

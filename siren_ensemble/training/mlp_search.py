@@ -25,11 +25,11 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, roc_auc_score
-from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from ..head import MLPSpec, SirenMLP
+from .crossfit import fold_rows
 
 WIDTHS = (32, 64, 128, 256)
 LEARNING_RATES = (3e-4, 3e-2)
@@ -270,8 +270,7 @@ def search_mlp(x: np.ndarray, y: np.ndarray, groups: np.ndarray, trials: int, fo
     on a full tie the logistic model wins, being the simpler). The best trial's final fit trains for
     the mean of its folds' early-stopping steps, as epochs over ``final_rows`` rows (default: a fold's).
     """
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    fold_indices = list(splitter.split(x, y, groups))
+    fold_indices = fold_rows(y, groups, folds, seed)
     steps_of: dict[int, list[int]] = {}
     aurocs: dict[int, float] = {}
 
