@@ -95,11 +95,15 @@ class Ensemble:
         self.member_names = [plan.name for plan in plans]
         #: Member scores -> member calibration -> combiner -> calibration -> threshold -> failure policy.
         self.decision = decision or DecisionPath.from_config(config, plans)
-        self.threshold = self.decision.threshold
         self._passes = _group_passes(plans, backbones, config.sliding_window)
         self._lock = threading.Lock()
         for plan in plans:
             plan.head.to(backbones[plan.spec].input_device)
+
+    @property
+    def threshold(self) -> float:
+        """The decision threshold: the config's, else the one its combiner implies, else the default."""
+        return self.decision.threshold
 
     @classmethod
     def from_config(cls, config: str | Path | EnsembleConfig) -> "Ensemble":
