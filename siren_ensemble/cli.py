@@ -315,9 +315,12 @@ def data():
 @click.option("--no-templated-refusals", is_flag=True, help="Do not pair harmful prompts with templated refusals.")
 @click.option("--no-templated-scenarios", is_flag=True,
               help="Do not wrap requests of both classes in the long first-person scenario templates.")
+@click.option("--no-templated-hard-cases", is_flag=True,
+              help="Do not add the templated hard cases (requests in the other surface form, defensive "
+                   "questions, short benign instructions).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of tables.")
 def data_build(out_dir, seed, max_per_source, max_chars, source_names, no_templated_refusals, no_templated_scenarios,
-               as_json):
+               no_templated_hard_cases, as_json):
     """Write train/validation/test JSONL and manifest.json to OUT (needs the data packages; see README)."""
     from .data.build import BuildOptions, build_dataset, write_split_dir
     from .data.manifest import format_tables
@@ -325,7 +328,8 @@ def data_build(out_dir, seed, max_per_source, max_chars, source_names, no_templa
     names = tuple(name.strip() for value in source_names for name in value.split(",") if name.strip())
     options = BuildOptions(seed=seed, max_per_source=max_per_source, max_chars=max_chars, sources=names,
                            templated_refusals=not no_templated_refusals,
-                           templated_scenarios=not no_templated_scenarios)
+                           templated_scenarios=not no_templated_scenarios,
+                           templated_hard_cases=not no_templated_hard_cases)
     manifest = write_split_dir(build_dataset(options), out_dir)
     if as_json:
         click.echo(json.dumps(manifest, indent=2, ensure_ascii=False))

@@ -205,7 +205,7 @@ def test_scenario_templates_wrap_both_classes_alike_and_keep_the_group(synthetic
 
 def test_cap_per_source(synthetic_sources):
     dataset = build_dataset(options(synthetic_sources, max_per_source=50, templated_refusals=False,
-                                    templated_scenarios=False))
+                                    templated_scenarios=False, templated_hard_cases=False))
     counts = Counter(record.source for record in all_records(dataset))
     assert counts == {"synth_harmful": 50, "synth_benign": 50, "synth_heldout": 41}
     assert dataset.stats.capped["synth_benign"] == 2 * 200 - 50  # its conflicting record was dropped before
@@ -285,3 +285,17 @@ def test_real_build_is_deterministic_and_keeps_healthbench_out_of_train(tmp_path
     assert manifest["sources"]["healthbench"]["records"] > 100
     assert not any(r.source == "healthbench" for r in read_dataset(tmp_path / "a", "train"))
     assert all(manifest["splits"][name]["classes"]["harmful"] > 0 for name in SPLITS)
+
+
+def test_hard_cases_land_in_the_split_of_their_request_and_skip_eval_only_sources(synthetic_sources):
+    dataset = build_dataset(options(synthetic_sources, max_per_source=40))
+    split_of_group = {r.group: name for name in SPLITS for r in dataset.splits[name]
+                      if r.source in ("synth_harmful", "synth_benign")}
+    generated = [(name, r) for name in SPLITS for r in dataset.splits[name]
+                 if r.source in ("rephrased_requests", "defensive_questions", "short_instructions")]
+    assert {r.source for _, r in generated} >= {"rephrased_requests"}
+    for name, record in generated:
+        assert split_of_group[record.group] == name
+        assert "health question" not in record.text
+    without = build_dataset(options(synthetic_sources, max_per_source=40, templated_hard_cases=False))
+    assert not any(r.source == "rephrased_requests" for r in all_records(without))

@@ -16,6 +16,7 @@ from .normalize import normalize_record, record_key
 from .packages import DATA_PACKAGES, package_root
 from .records import SPLITS, SafetyRecord, write_records
 from .refusals import templated_refusals
+from .rephrase import hard_cases
 from .scenarios import templated_scenarios
 from .sources import Source, select_sources
 from .splits import SplitFractions, assign_splits, connected_groups, unit_hash
@@ -29,6 +30,7 @@ class BuildOptions:
     sources: tuple[str, ...] = ()  # empty: the default sources
     templated_refusals: bool = True
     templated_scenarios: bool = True
+    templated_hard_cases: bool = True  # rephrased requests, defensive questions, short instructions
     fractions: SplitFractions = field(default_factory=SplitFractions)
 
     def __post_init__(self):
@@ -76,11 +78,16 @@ def build_dataset(options: BuildOptions) -> BuiltDataset:
         records += _refusals(records, options)
     grouped = connected_groups(records)
     eval_only = frozenset(entry.name for entry in sources if entry.eval_only)
+    # After grouping: a generated record inherits the component of the request it comes from.
+    wrappable = {entry.name for entry in sources if entry.requests and not entry.eval_only}
+    requests = [r for r in grouped if r.source in wrappable]
+    generated = []
     if options.templated_scenarios:
-        # After grouping: a wrapped request inherits the component of the request it wraps.
-        wrappable = {entry.name for entry in sources if entry.requests and not entry.eval_only}
-        pools = [[r for r in grouped if r.source in wrappable and r.label == label] for label in (1, 0)]
-        grouped += templated_scenarios(*pools, per_class=options.max_per_source // 2, seed=options.seed)
+        pools = [[r for r in requests if r.label == label] for label in (1, 0)]
+        generated += templated_scenarios(*pools, per_class=options.max_per_source // 2, seed=options.seed)
+    if options.templated_hard_cases:
+        generated += hard_cases(requests, per_set=options.max_per_source // 2, seed=options.seed)
+    grouped += generated
     splits = assign_splits(grouped, options.seed, options.fractions, eval_only)
     for name in SPLITS:
         splits[name].sort(key=lambda record: unit_hash(options.seed, "order", record_key(record)))
