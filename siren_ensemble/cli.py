@@ -251,6 +251,36 @@ def train(backbone, model, gguf_file, sha256, revision, member, config_path, dat
 
 @cli.command()
 @config_option
+@click.option("--member", required=True, help="The member of --config whose backbone is analysed (its head need not exist).")
+@click.option("--data", "data_path", required=True, type=click.Path(file_okay=False), help="Split directory: probes fit on train, score on validation.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for layers.json and layers.png.")
+@click.option("--max-length", type=click.IntRange(1), default=512, show_default=True, help="Tokens read per text (as train; shares its feature cache).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), help="Default: the member's dtype.")
+@click.option("--tolerance", type=click.FloatRange(0, 1), default=0.005, show_default=True,
+              help="A probe this close to the best probe's F1 counts as good as the best (for the recommended cut).")
+@click.option("--center", is_flag=True, help="Subtract each layer's mean state before the cosines.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="Processes fitting the layer probes side by side (same result).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
+def layers(config_path, member, data_path, out_dir, max_length, dtype, tolerance, center, seed, jobs, cache_dir):
+    """Per layer: probe F1 and the benign/harmful cosine gap ("Safety Layers"), and a recommended depth cut."""
+    from .config import load_config
+    from .evaluation.layers import LayerOptions, analyse_layers, summarise, write_report
+    from .members import adapter_of_member
+    from .training.feature_cache import FeatureExtractor
+
+    _log_progress_to_stderr()
+    adapter = adapter_of_member(load_config(config_path), member, dtype=dtype)
+    options = LayerOptions(seed=seed, jobs=jobs, tolerance=tolerance, center=center)
+    report = analyse_layers(FeatureExtractor(adapter, max_length=max_length, cache_dir=cache_dir), data_path, options,
+                            progress=sys.stderr.isatty())
+    written = write_report(report, out_dir)
+    click.echo(summarise(report))
+    click.echo(f"wrote {', '.join(str(path) for path in written)}")
+
+
+@cli.command()
+@config_option
 @click.option("--data", "data_path", required=True, help="Split directory (scores --split; train/validation feed baselines and thresholds) or a labelled JSONL file.")
 @click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the full report as JSON here.")
