@@ -204,6 +204,10 @@ def _parse_layers(value: str | None) -> tuple[int, ...] | None:
 @click.option("--trials", type=click.IntRange(1), default=32, show_default=True, help="Optuna trials for the MLP search.")
 @click.option("--folds", type=click.IntRange(2), default=3, show_default=True, help="Cross-validation folds of the MLP search.")
 @click.option("--layers", "layers_text", help="Layers to probe, e.g. 4-20 or 3,5,7 (default: all).")
+@click.option("--max-layer", type=click.IntRange(0),
+              help="Probe only layers 0-K (numbered as --layers): the head's forward pass stops after block K.")
+@click.option("--depth-budget", type=click.FloatRange(0, 1, min_open=True),
+              help="Instead of --max-layer: keep this share of the blocks, layers 0 to ceil(F x depth) - 1 (0.6 of 30: 0-17).")
 @click.option("--max-length", type=click.IntRange(1), default=512, show_default=True, help="Tokens read per text (longer texts are truncated).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
@@ -212,8 +216,8 @@ def _parse_layers(value: str | None) -> tuple[int, ...] | None:
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="Processes fitting the stage-1 layer probes side by side (same result).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache (default: $SIREN_ENSEMBLE_CACHE or ~/.cache/siren-ensemble).")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write the per-layer probe F1 plot here.")
-def train(backbone, model, gguf_file, sha256, revision, member, config_path, data_path, out_dir, eta, trials, folds, layers_text, max_length, device, dtype,
-          seed, jobs, cache_dir, plots_dir):
+def train(backbone, model, gguf_file, sha256, revision, member, config_path, data_path, out_dir, eta, trials, folds, layers_text,
+          max_layer, depth_budget, max_length, device, dtype, seed, jobs, cache_dir, plots_dir):
     """Train a SIREN head (layer probes, safety neurons, MLP search) on a split directory."""
     from pathlib import Path
 
@@ -222,6 +226,8 @@ def train(backbone, model, gguf_file, sha256, revision, member, config_path, dat
     from .training.pipeline import SUMMARY_FILE, TrainOptions, train_head
 
     _log_progress_to_stderr()
+    options = TrainOptions(eta=eta, trials=trials, folds=folds, layers=_parse_layers(layers_text), seed=seed, jobs=jobs,
+                           max_layer=max_layer, depth_budget=depth_budget)
 
     if member:
         if backbone or model or gguf_file or sha256 or revision:
@@ -235,13 +241,42 @@ def train(backbone, model, gguf_file, sha256, revision, member, config_path, dat
     else:
         adapter = adapter_for(backbone, _one_or_parts(model), gguf_file, revision, dtype or "float32", device, sha256=sha256)
     extractor = FeatureExtractor(adapter, max_length=max_length, cache_dir=cache_dir)
-    options = TrainOptions(eta=eta, trials=trials, folds=folds, layers=_parse_layers(layers_text), seed=seed, jobs=jobs)
     report = train_head(extractor, data_path, out_dir, options, progress=sys.stderr.isatty())
     if plots_dir:
         from .evaluation.plots import layer_f1
 
         layer_f1({Path(out_dir).name: report}, Path(plots_dir) / "layer_f1.png")
     click.echo((Path(out_dir) / SUMMARY_FILE).read_text().rstrip())
+
+
+@cli.command()
+@config_option
+@click.option("--member", required=True, help="The member of --config whose backbone is analysed (its head need not exist).")
+@click.option("--data", "data_path", required=True, type=click.Path(file_okay=False), help="Split directory: probes fit on train, score on validation.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for layers.json and layers.png.")
+@click.option("--max-length", type=click.IntRange(1), default=512, show_default=True, help="Tokens read per text (as train; shares its feature cache).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), help="Default: the member's dtype.")
+@click.option("--tolerance", type=click.FloatRange(0, 1), default=0.005, show_default=True,
+              help="A probe this close to the best probe's F1 counts as good as the best (for the recommended cut).")
+@click.option("--center", is_flag=True, help="Subtract each layer's mean state before the cosines.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="Processes fitting the layer probes side by side (same result).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
+def layers(config_path, member, data_path, out_dir, max_length, dtype, tolerance, center, seed, jobs, cache_dir):
+    """Per layer: probe F1 and the benign/harmful cosine gap ("Safety Layers"), and a recommended depth cut."""
+    from .config import load_config
+    from .evaluation.layers import LayerOptions, analyse_layers, summarise, write_report
+    from .members import adapter_of_member
+    from .training.feature_cache import FeatureExtractor
+
+    _log_progress_to_stderr()
+    adapter = adapter_of_member(load_config(config_path), member, dtype=dtype)
+    options = LayerOptions(seed=seed, jobs=jobs, tolerance=tolerance, center=center)
+    report = analyse_layers(FeatureExtractor(adapter, max_length=max_length, cache_dir=cache_dir), data_path, options,
+                            progress=sys.stderr.isatty())
+    written = write_report(report, out_dir)
+    click.echo(summarise(report))
+    click.echo(f"wrote {', '.join(str(path) for path in written)}")
 
 
 @cli.command()

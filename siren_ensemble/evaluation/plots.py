@@ -1,4 +1,5 @@
-"""PNG plots: ROC and precision-recall curves of every scorer, and per-layer probe F1 of trained heads."""
+"""PNG plots: ROC and precision-recall curves of every scorer, per-layer probe F1 of trained heads, and the
+layer analysis (probe F1 and cosine gap per layer)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,42 @@ def layer_f1(reports: Mapping[str, dict], path: str | Path) -> Path:
     axes.set_title("Per-layer linear probe F1")
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def layer_analysis(report: dict, path: str | Path) -> Path:
+    """Probe F1 and the cosine-gap curve per layer (``layers.json``), the gap's range shaded, the cut dashed."""
+    plt = _pyplot()
+    rows = report["layers"]
+    layers = [row["layer"] for row in rows]
+    figure, (probes, cosines) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    probes.plot(layers, [row["probe_f1"] for row in rows], marker="o", markersize=3, label="probe F1 (validation)")
+    probes.plot(layers, [row["probe_auroc"] for row in rows], linestyle=":", label="probe AUROC (validation)")
+    probes.set_ylabel("probe score")
+    probes.set_title(f"{Path(report['backbone']['model']).name}: where harm becomes readable")
+    cosines.plot(layers, [row["cos_benign_benign"] for row in rows], label="benign-benign")
+    cosines.plot(layers, [row["cos_benign_harmful"] for row in rows], label="benign-harmful")
+    cosines.set_ylabel("mean cosine (mean-pooled states)")
+    cosines.set_xlabel("layer (block output)")
+    gap_axes = cosines.twinx()
+    gap_axes.plot(layers, [row["gap"] for row in rows], color="black", linewidth=1.5, label="gap")
+    gap_axes.set_ylabel("gap")
+    gap = report["gap"]
+    cut = report["recommended"]["max_layer"]
+    for axes in (probes, cosines):
+        if gap["opens"] is not None:
+            axes.axvspan(gap["opens"], gap["stabilises"], color="tab:orange", alpha=0.15)
+        axes.axvline(cut, color="tab:red", linestyle="--", linewidth=1)
+        axes.grid(alpha=0.3)
+    probes.legend(fontsize=8, loc="lower right")
+    handles = cosines.get_legend_handles_labels()
+    gap_handles = gap_axes.get_legend_handles_labels()
+    cosines.legend(handles[0] + gap_handles[0], handles[1] + gap_handles[1], fontsize=8, loc="best")
+    figure.text(0.01, 0.005, f"shaded: gap opens to stabilises; dashed: recommended cut (layer {cut})", fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120, bbox_inches="tight")

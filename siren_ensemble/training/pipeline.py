@@ -12,7 +12,6 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from sklearn.metrics import f1_score
@@ -23,6 +22,7 @@ from ..features import weighted_neuron_features
 from ..head import HeadConfig, SirenHead, SirenMLP, neuron_key
 from ..calibration import MEMBER_CALIBRATION_FILE, fit_calibration
 from .crossfit import cross_fitted_head_scores, record_groups
+from .depth import check_depth_request, resolve_depth_cut, select_layers
 from .feature_cache import FeatureExtractor
 from .mlp_search import Columns, MLPParams, Scored, SearchResult, fit_and_score, logistic_candidates, predict, search_mlp
 from .probes import DEFAULT_C_GRID, LayerProbe, ProbeComparison, best_probe, fit_layer_probes, shortfall
@@ -44,6 +44,13 @@ class TrainOptions:
     threshold: float = 0.5
     #: Processes for the stage-1 layer probes (the result does not depend on it).
     jobs: int = 1
+    #: Probe only layers <= max_layer, so the head's forward pass stops there (``--max-layer``).
+    max_layer: int | None = None
+    #: Or the share of the backbone's depth to keep (``--depth-budget``); one of the two at most.
+    depth_budget: float | None = None
+
+    def __post_init__(self):
+        check_depth_request(self.max_layer, self.depth_budget)
 
 
 @dataclass
@@ -80,6 +87,8 @@ def train_head(extractor: FeatureExtractor, data: str | Path, out: str | Path, o
     """
     if not Path(data).is_dir():
         raise InputError(f"{data}: training needs a split directory (train.jsonl, validation.jsonl, ...)")
+    if options.layers is not None or options.max_layer is not None or options.depth_budget is not None:
+        _check_depth_before_extraction(extractor, options)
     started = time.perf_counter()
     logger.info("features of %s (%s, %s): train and validation splits of %s", extractor.adapter.spec.describe(),
                 extractor.adapter.spec.dtype, extractor.pooling, data)
@@ -90,9 +99,9 @@ def train_head(extractor: FeatureExtractor, data: str | Path, out: str | Path, o
             raise InputError(f"{data}/{name}.jsonl: needs both harmful (1) and benign (0) records")
     extracted = time.perf_counter()
 
-    num_layers = len(train.layers)
-    layers = _check_layers(options.layers, num_layers)
-    logger.info("features ready in %.0f s; stage 1: probes for %d layers", extracted - started, len(layers))
+    cut = resolve_depth_cut(len(train.layers), options.max_layer, options.depth_budget)
+    layers = select_layers(options.layers, cut)
+    logger.info("features ready in %.0f s; stage 1: probes for %d layers (%s)", extracted - started, len(layers), cut.requested)
     probes, alphas = fit_layer_probes(train.layers, train.labels, validation.layers, validation.labels, layers,
                                       options.eta, options.c_grid, options.seed, progress, options.jobs)
     neurons = {probe.layer: list(probe.neurons) for probe in probes}
@@ -119,6 +128,7 @@ def train_head(extractor: FeatureExtractor, data: str | Path, out: str | Path, o
         "data": {"path": str(data), "fingerprint": data_fingerprint(data),
                  "train": _class_counts(train.labels), "validation": _class_counts(validation.labels)},
         "options": asdict(options),
+        "depth_cut": cut.to_dict(),
         "layers": [probe.to_dict() | {"alpha": alphas[probe.layer]} for probe in probes],
         "input_dim": int(train_x.shape[1]),
         "mlp": params.to_dict(),
@@ -217,13 +227,10 @@ def layer_columns(neurons: dict[int, list[int]]) -> dict[int, tuple[int, int]]:
     return columns
 
 
-def _check_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
-    if layers is None:
-        return list(range(num_layers))
-    bad = [layer for layer in layers if not 0 <= layer < num_layers]
-    if bad:
-        raise InputError(f"--layers: layer {bad[0]} is outside 0-{num_layers - 1} (the backbone has {num_layers} blocks)")
-    return sorted(set(layers))
+def _check_depth_before_extraction(extractor: FeatureExtractor, options: TrainOptions) -> None:
+    # The backbone's config alone gives its depth: a bad --layers/--max-layer fails now, not after an hour of extraction.
+    num_layers = extractor.adapter.num_layers(extractor.adapter.load_config())
+    select_layers(options.layers, resolve_depth_cut(num_layers, options.max_layer, options.depth_budget))
 
 
 def _class_counts(labels: np.ndarray) -> dict[str, int]:
@@ -254,6 +261,7 @@ def summarise(report: dict) -> str:
         f"backbone: {report['backbone']['adapter']} {report['backbone']['model']} ({report['backbone']['dtype']})",
         f"data: {report['data']['path']} train {report['data']['train']} validation {report['data']['validation']}",
         f"safety neurons: {report['input_dim']} over {len(report['layers'])} layers (eta {report['options']['eta']})",
+        _describe_cut(report["depth_cut"], max(entry["layer"] for entry in report["layers"])),
         "layer  C       val F1  val AUROC  neurons  alpha",
     ]
     for layer in report["layers"]:
@@ -275,6 +283,13 @@ def summarise(report: dict) -> str:
         f"time: {report['seconds']}",
     ]
     return "\n".join(lines)
+
+
+def _describe_cut(cut: dict, deepest: int) -> str:
+    if cut["max_layer"] == cut["num_layers"] - 1:
+        return f"depth: no cut; the deepest layer read is {deepest} of 0-{cut['num_layers'] - 1}"
+    return (f"depth cut ({cut['requested']}): layers 0-{cut['max_layer']} of {cut['num_layers']}; the forward pass "
+            f"stops after block {cut['max_layer']} ({cut['share_of_depth']:.0%} of the blocks)")
 
 
 def _portable(spec: dict) -> dict:
