@@ -85,15 +85,22 @@ def _output_row(record, result) -> dict:
 
 
 def _print_table(rows, records, member_names) -> None:
-    header = ["#", "score", "harmful", *member_names, "text"]
+    staged = any("decided_by" in row for row in rows)
+    header = ["#", "score", "harmful", *(["stage"] if staged else []), *member_names, "text"]
     lines = []
     for index, (row, record) in enumerate(zip(rows, records)):
         label = row.get("id", row.get("line", index + 1))
-        member_cells = ["failed" if row["members"][name] is None else f"{row['members'][name]:.4f}" for name in member_names]
+        # A cascade member that did not run (its text was decided earlier) has no score and no error.
+        member_cells = [
+            f"{row['members'][name]:.4f}" if row["members"][name] is not None else
+            "failed" if name in row.get("errors", {}) else "-"
+            for name in member_names
+        ]
+        stage_cell = [str(row.get("decided_by", "-"))] if staged else []
         # backslashreplace: a lone surrogate (scored as a per-text error) cannot be printed as it is
         preview = " ".join(record.text.split()).encode("utf-8", "backslashreplace").decode("utf-8")
         preview = preview if len(preview) <= 48 else preview[:45] + "..."
-        lines.append([str(label), f"{row['score']:.4f}", "yes" if row["is_harmful"] else "no", *member_cells, preview])
+        lines.append([str(label), f"{row['score']:.4f}", "yes" if row["is_harmful"] else "no", *stage_cell, *member_cells, preview])
     widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
     for cells in [header, *lines]:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip())
@@ -127,10 +134,12 @@ def list_plugins(as_json):
 def validate(config_path):
     """Check a config, its heads and its backbones' configs without loading weights, scoring or running repository code."""
     from .config import load_config
+    from .decision import DecisionPath
     from .members import describe_plan, validate_plan
 
     config = load_config(config_path)
     plans, _combiner = validate_plan(config, remote_code=False)
+    DecisionPath.from_config(config, plans)  # the threshold, the calibration file, a cascade's bands against both
     click.echo(f"{config_path}: OK")
     click.echo(describe_plan(config, plans))
     for plan in plans:
@@ -317,19 +326,32 @@ def evaluate(config_path, data_path, split, out_path, target_recall, no_baseline
 @click.option("--min-source-harmful", type=click.IntRange(1), default=20, show_default=True, help="With --per-source: harmful records a source needs to set the threshold.")
 @click.option("--method", type=click.Choice(["platt", "isotonic"]), help="Recalibrate the ensemble score first (fitted on the same data).")
 @click.option("--calibration-out", type=click.Path(dir_okay=False), help="Where --method writes the calibration JSON.")
-@click.option("--write-config", type=click.Path(dir_okay=False), help="Write a copy of the config with this threshold (and calibration) set.")
+@click.option("--write-config", type=click.Path(dir_okay=False), help="Write a copy of the config with this threshold (and calibration, and cascade bands) set.")
+@click.option("--cascade-tolerance", type=click.FloatRange(0, 1), default=0.005, show_default=True,
+              help="Cascade combiner: recall its bands may lose, and FPR they may add, against running every member (at the threshold, on validation).")
+@click.option("--cascade-min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+              help="Cascade combiner: share of validation verdicts that must equal running every member's.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
-def calibrate(config_path, data_path, target_recall, per_source, min_source_harmful, method, calibration_out, write_config, cache_dir):
-    """Pick the threshold that reaches --target-recall on validation data and report the FPR it costs."""
-    from .evaluation.calibrate import calibrate as run_calibration, write_calibrated_config
+def calibrate(config_path, data_path, target_recall, per_source, min_source_harmful, method, calibration_out, write_config,
+              cascade_tolerance, cascade_min_agreement, cache_dir):
+    """Pick the threshold that reaches --target-recall on validation data and report the FPR it costs.
 
+    With the cascade combiner, also fit each stage's bands (low/high) at that threshold: the widest that keep the
+    cascade within --cascade-tolerance of running every member (see docs/cascade.md)."""
+    from .evaluation.calibrate import calibrate as run_calibration, write_calibrated_config
+    from .evaluation.cascade_bands import BandRule
+
+    rule = BandRule(max_recall_loss=cascade_tolerance, max_fpr_rise=cascade_tolerance, min_agreement=cascade_min_agreement)
     report = run_calibration(config_path, data_path, target_recall, per_source, method, calibration_out, cache_dir,
-                             progress=sys.stderr.isatty(), min_source_harmful=min_source_harmful)
+                             progress=sys.stderr.isatty(), min_source_harmful=min_source_harmful, band_rule=rule)
     if write_config:
-        write_calibrated_config(config_path, write_config, report["threshold"], calibration_out if method else None)
+        write_calibrated_config(config_path, write_config, report["threshold"], calibration_out if method else None,
+                                report["cascade"])
         report["written_config"] = write_config
     summary = {key: report[key] for key in ("threshold", "target_recall", "worst_recall_source", "worst_fpr_source", "calibration")}
     summary.update({"recall": report["validation"]["recall"], "fpr": report["validation"]["fpr"]})
+    if report["cascade"] is not None:
+        summary["cascade"] = report["cascade"]
     click.echo(json.dumps(summary | ({"written_config": write_config} if write_config else {})))
 
 
@@ -415,6 +437,7 @@ def serve(config_path, host, port, api_key, max_body_bytes, max_inputs, max_char
     except ImportError as error:
         raise SirenError(f"the service needs the `serve` extra: pip install 'siren-ensemble[serve]' ({error})") from None
     from .config import load_config
+    from .decision import DecisionPath
     from .ensemble import Ensemble
     from .members import validate_plan
 
@@ -424,7 +447,8 @@ def serve(config_path, host, port, api_key, max_body_bytes, max_inputs, max_char
         batch_wait_ms=batch_wait_ms, batch_max_texts=batch_max_texts, torch_threads=torch_threads,
     )
     config = load_config(config_path)
-    validate_plan(config)  # a bad config stops here, before the port opens; weights load in the background
+    # A bad config stops here, before the port opens; weights load in the background.
+    DecisionPath.from_config(config, validate_plan(config)[0])
     build_server(create_app(lambda: Ensemble.from_config(config), settings), settings, log_level=log_level).run()
 
 

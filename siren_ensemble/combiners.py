@@ -46,6 +46,8 @@ class Combiner:
     name: ClassVar[str]
     description: ClassVar[str] = ""
     Options: ClassVar[type[BaseModel]] = NoOptions
+    #: True for a combiner whose members run in stages (``stages()``), each able to decide a text.
+    staged: ClassVar[bool] = False
 
     def __init__(self, options: BaseModel, members: Sequence[MemberView], config_dir: Path):
         self.options = options

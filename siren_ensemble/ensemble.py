@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -36,11 +36,16 @@ class EnsembleResult:
     members: dict[str, float | None]
     truncated: bool = False
     errors: dict[str, str] = field(default_factory=dict)
+    #: With the cascade combiner: the index (into ``combiner.stages``) of the stage that decided the text;
+    #: members of later stages did not run on it (their score is ``None``, without an error).
+    decided_by: int | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
         if not self.errors:
             del data["errors"]
+        if self.decided_by is None:
+            del data["decided_by"]
         return data
 
 
@@ -62,6 +67,13 @@ class _SharedPass:
             return [([item.ids], item.truncated) for item in self.backbone.encode(cleaned, self.max_length)]
         windows = encode_windows(self.backbone.tokenizer, cleaned, self.max_length, self.window_stride)
         return [(text_windows, False) for text_windows in windows]
+
+    def only(self, positions: Sequence[int], plans: list[MemberPlan]) -> "_SharedPass | None":
+        """The same pass scoring only the members at ``positions`` (one cascade stage's); None if it has none of them."""
+        kept = tuple(position for position in self.member_positions if position in positions)
+        if not kept:
+            return None
+        return replace(self, member_positions=kept, wanted=frozenset(union_of(plans[p].head.request for p in kept)))
 
     def encode_each(self, cleaned: list[str]) -> list[tuple[list[list[int]], bool] | str]:
         """As ``encode``, but a text the tokenizer cannot read gets the reason in its place, not the batch's error."""
@@ -96,6 +108,12 @@ class Ensemble:
         #: Member scores -> member calibration -> combiner -> calibration -> threshold -> failure policy.
         self.decision = decision or DecisionPath.from_config(config, plans)
         self._passes = _group_passes(plans, backbones, config.sliding_window)
+        #: Per cascade stage, (index into ``_passes``, that pass scoring only the stage's members); one stage
+        #: holding every pass for the other combiners. Members sharing a pass but not a stage each pay its forward.
+        self._stage_passes = [
+            [(index, view) for index, shared in enumerate(self._passes) if (view := shared.only(stage.runs, plans)) is not None]
+            for stage in self.decision.stages
+        ]
         self._lock = threading.Lock()
         for plan in plans:
             plan.head.to(backbones[plan.spec].input_device)
@@ -174,6 +192,7 @@ class Ensemble:
         return float(threshold)
 
     def _member_scores(self, texts: list[str], progress: bool) -> _MemberScores:
+        """Member scores, stage by stage: a stage's members run only on the texts earlier stages left undecided."""
         cleaned, rejected = _clean_each(texts)
         scores = np.full((len(texts), len(self.plans)), np.nan)
         truncated = np.zeros(len(texts), dtype=bool)
@@ -182,9 +201,26 @@ class Ensemble:
             if reason is not None:
                 _record_failure(errors, [row], self.member_names, reason)
         live = [row for row, text in enumerate(cleaned) if text is not None]
+        with tqdm(total=0, desc="scoring", unit="batch", disable=not progress, leave=False) as bar:
+            for stage, passes in enumerate(self._stage_passes):
+                if stage:
+                    # The one decision path says which texts are still undecided after the stages run so far.
+                    going_on = self.decision.decide(scores, self._failed_members(errors), through=stage).pending
+                    live = [row for row in live if going_on[row]]
+                if not live:
+                    break
+                work = self._plan_work([shared for _, shared in passes], cleaned, live, truncated, errors)
+                bar.total += len(work)
+                bar.refresh()
+                self._run_work(work, scores, errors, bar)
+        return _MemberScores(scores, truncated, errors, rejected)
+
+    def _plan_work(self, passes: list[_SharedPass], cleaned: list[str | None], live: list[int], truncated: np.ndarray,
+                   errors: list[dict[str, str]]) -> list[tuple[_SharedPass, list[int], list[list[int]]]]:
+        """Batches of (pass, row of each sequence, token ids) for the ``live`` texts."""
         work = []
         batching = self.config.batching
-        for shared in self._passes:
+        for shared in passes:
             # One row per window; a text that fits (or is truncated) is a single window.
             rows, sequences = [], []
             for row, encoded in zip(live, shared.encode_each([cleaned[row] for row in live])):
@@ -197,7 +233,10 @@ class Ensemble:
                 sequences += windows
             for batch in _plan(batching, [len(ids) for ids in sequences]):
                 work.append((shared, [rows[i] for i in batch], [sequences[i] for i in batch]))
-        with self._lock, tqdm(total=len(work), desc="scoring", unit="batch", disable=not progress, leave=False) as bar:
+        return work
+
+    def _run_work(self, work, scores: np.ndarray, errors: list[dict[str, str]], bar) -> None:
+        with self._lock:
             def run_all(device_work):
                 for shared, batch, sequences in device_work:
                     self._run_pass(shared, batch, sequences, scores, errors)  # each member writes its own column
@@ -206,13 +245,22 @@ class Ensemble:
             by_device: dict[str, list] = {}
             for item in work:
                 by_device.setdefault(_device_key(item[0]), []).append(item)
-            if len(by_device) == 1:
+            if len(by_device) <= 1:
                 run_all(work)
             else:  # members on different devices run side by side, one thread per device
                 with ThreadPoolExecutor(max_workers=len(by_device), thread_name_prefix="siren-device") as pool:
                     for future in [pool.submit(run_all, device_work) for device_work in by_device.values()]:
                         future.result()
-        return _MemberScores(scores, truncated, errors, rejected)
+
+    def _failed_members(self, errors: list[dict[str, str]]) -> np.ndarray:
+        """Texts x members: which member failed on which text (from the errors recorded so far)."""
+        failed = np.zeros((len(errors), len(self.member_names)), dtype=bool)
+        for row, row_errors in enumerate(errors):
+            for column, name in enumerate(self.member_names):
+                failed[row, column] = name in row_errors
+            if row_errors and not failed[row].any():  # a failure that names no member fails the whole text
+                failed[row] = True
+        return failed
 
     def _names(self, shared: _SharedPass) -> list[str]:
         return [self.member_names[position] for position in shared.member_positions]
@@ -225,28 +273,35 @@ class Ensemble:
         if cleaned is None:
             _record_failure(errors, [0], self.member_names, rejected[0])
             return self._combine(_MemberScores(scores, truncated, errors, rejected), threshold)[0]
-        batching = self.config.batching
         with self._lock:
-            for stream in streams:
-                shared = stream.shared
-                [encoded] = shared.encode_each([cleaned])
-                if isinstance(encoded, str):
-                    _record_failure(errors, [0], self._names(shared), encoded)
-                    continue
-                windows, truncated_here = encoded
-                truncated[0] |= truncated_here
-                if len(windows) > 1:  # sliding windows over a long text: each window is scored afresh
-                    for batch in _plan(batching, [len(ids) for ids in windows]):
-                        self._run_pass(shared, [0] * len(batch), [windows[i] for i in batch], scores, errors)
-                    continue
-                try:
-                    pooled = stream.pooled(windows[0])
-                except Exception as error:  # fail closed; the next feed starts this pass over
-                    stream.reset()
-                    self._record_forward_failure(shared, [0], error, errors)
-                    continue
-                self._score_heads(shared, [0], pooled, scores, errors)
+            for stage, passes in enumerate(self._stage_passes):
+                # A pass whose members wait for a later stage keeps its cache; it catches up when next needed.
+                if stage and not self.decision.decide(scores, self._failed_members(errors), through=stage).pending[0]:
+                    break
+                for index, shared in passes:
+                    truncated[0] |= self._stream_pass(streams[index], shared, cleaned, scores, errors)
         return self._combine(_MemberScores(scores, truncated, errors, rejected), threshold)[0]
+
+    def _stream_pass(self, stream: PassStream, shared: _SharedPass, cleaned: str, scores: np.ndarray,
+                     errors: list[dict[str, str]]) -> bool:
+        """Score ``shared``'s members on the stream's text through its cached pass; whether the text was cut."""
+        [encoded] = shared.encode_each([cleaned])
+        if isinstance(encoded, str):
+            _record_failure(errors, [0], self._names(shared), encoded)
+            return False
+        windows, truncated = encoded
+        if len(windows) > 1:  # sliding windows over a long text: each window is scored afresh
+            for batch in _plan(self.config.batching, [len(ids) for ids in windows]):
+                self._run_pass(shared, [0] * len(batch), [windows[i] for i in batch], scores, errors)
+            return truncated
+        try:
+            pooled = stream.pooled(windows[0])
+        except Exception as error:  # fail closed; the next feed starts this pass over
+            stream.reset()
+            self._record_forward_failure(shared, [0], error, errors)
+            return truncated
+        self._score_heads(shared, [0], pooled, scores, errors)
+        return truncated
 
     def _run_pass(self, shared: _SharedPass, batch: list[int], sequences, scores: np.ndarray, errors) -> None:
         try:
@@ -278,11 +333,10 @@ class Ensemble:
 
     def _combine(self, member_scores: _MemberScores, threshold: float) -> list[EnsembleResult]:
         scores, errors = member_scores.scores, member_scores.errors
-        failed = np.array([bool(text_errors) for text_errors in errors])
         raises = self.config.on_member_error == "raise"
         if raises:
             _raise_first_failure(errors, member_scores.rejected)
-        decisions = self.decision.decide(scores, failed, threshold)
+        decisions = self.decision.decide(scores, self._failed_members(errors), threshold)
         errors = [{**row_errors, **found} for row_errors, found in zip(errors, decisions.errors)]
         if raises:
             _raise_first_failure(errors, member_scores.rejected)
@@ -295,6 +349,7 @@ class Ensemble:
             results.append(EnsembleResult(
                 score=float(decisions.scores[row]), is_harmful=bool(decisions.is_harmful[row]), threshold=threshold,
                 members=members, truncated=bool(member_scores.truncated[row]), errors=errors[row],
+                decided_by=int(decisions.decided_by[row]) if self.decision.staged else None,
             ))
         return results
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from . import plugins
 from .backbones.base import BackboneAdapter, BackboneSpec
 from .calibration import MEMBER_CALIBRATION_FILE, Calibration
+from .cascade import CascadeOptions
 from .combiners import Combiner, MemberView
 from .config import CombinerConfig, EnsembleConfig, MemberConfig, is_local, resolve_path
 from .errors import ArtifactError, ConfigError, SirenError
@@ -216,6 +217,12 @@ def validate_plan(config: EnsembleConfig, remote_code: bool = True) -> tuple[lis
 
 def describe_plan(config: EnsembleConfig, plans: list[MemberPlan]) -> str:
     lines = [f"combiner: {config.combiner.type}; on_member_error: {config.on_member_error}"]
+    options = config.combiner_options()
+    if isinstance(options, CascadeOptions):
+        for index, stage in enumerate(options.stages):
+            bands = [f"below {stage.low}" if stage.low is not None else "", f"from {stage.high}" if stage.high is not None else ""]
+            decides = " or ".join(band for band in bands if band) or ("every text left" if index == len(options.stages) - 1 else "nothing (no bands)")
+            lines.append(f"  stage {index}: {', '.join(stage.members)}; combine {options.combine}; decides {decides}")
     for plan in plans:
         head = plan.head.config
         lines.append(

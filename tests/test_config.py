@@ -43,7 +43,7 @@ def test_errors_name_the_field(write_config, config, message):
 
 def test_unknown_combiner_suggests_close_names(write_config):
     path = write_config({"members": [member()], "combiner": {"type": "weighted-mean"}})
-    with pytest.raises(ConfigError, match="Did you mean: weighted_mean?.*Available: logit_mean, max, mean, stacking, vote, weighted_mean"):
+    with pytest.raises(ConfigError, match="Did you mean: weighted_mean?.*Available: cascade, logit_mean, max, mean, stacking, vote, weighted_mean"):
         load_config(path)
 
 

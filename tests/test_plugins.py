@@ -53,7 +53,7 @@ def test_builtins_come_through_the_hooks():
     registered = {plugins.pm.get_name(plugin) for plugin in plugins.pm.get_plugins()}
     assert set(plugins.DEFAULT_PLUGINS) <= registered
     assert plugins.backbones().names() == ["llama3", "qwen3", "hf"]
-    assert plugins.combiners().names() == ["mean", "weighted_mean", "logit_mean", "max", "vote", "stacking"]
+    assert plugins.combiners().names() == ["mean", "weighted_mean", "logit_mean", "max", "vote", "stacking", "cascade"]
     assert {entry.plugin for entry in plugins.backbones()} == {plugins.BUILTIN_PROVIDER}
 
 
@@ -131,7 +131,7 @@ def test_hook_implementations_may_take_fewer_arguments():
 
 
 def test_unknown_name_answers_did_you_mean():
-    with pytest.raises(UnknownPluginError, match=r"Unknown combiner 'maks'. Did you mean: max, mean\? Available: logit_mean, max, mean, stacking, vote, weighted_mean."):
+    with pytest.raises(UnknownPluginError, match=r"Unknown combiner 'maks'. Did you mean: max, mean\? Available: cascade, logit_mean, max, mean, stacking, vote, weighted_mean."):
         plugins.combiners().get("maks")
     with pytest.raises(UnknownPluginError, match=r"Unknown backbone 'qwen2.5'. Did you mean: qwen3\?"):
         plugins.backbones().get("qwen2.5")

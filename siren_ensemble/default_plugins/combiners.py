@@ -1,3 +1,4 @@
+from ..cascade import CascadeCombiner
 from ..combiners import LogitMeanCombiner, MaxCombiner, MeanCombiner, VoteCombiner, WeightedMeanCombiner
 from ..hookspecs import hookimpl
 from ..stacking import StackingCombiner
@@ -5,5 +6,5 @@ from ..stacking import StackingCombiner
 
 @hookimpl
 def register_combiners(register):
-    for combiner in (MeanCombiner, WeightedMeanCombiner, LogitMeanCombiner, MaxCombiner, VoteCombiner, StackingCombiner):
+    for combiner in (MeanCombiner, WeightedMeanCombiner, LogitMeanCombiner, MaxCombiner, VoteCombiner, StackingCombiner, CascadeCombiner):
         register(combiner)

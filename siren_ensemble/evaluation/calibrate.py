@@ -16,23 +16,25 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..config import is_local, load_config, read_yaml
+from ..config import EnsembleConfig, is_local, read_yaml
 from ..data.records import read_dataset
 from ..errors import ConfigError, InputError
 from ..members import validate_plan
 from ..packaged import is_packaged
 from ..calibration import Method, fit_calibration
 from ..decision import DecisionPath
+from .cascade_bands import BandRule, fit_bands
 from .metrics import binary_metrics, threshold_for_recall
 from .scoring import FeatureScorer
 
 
 def calibrate(config_path: str | Path, data: str | Path, target_recall: float, per_source: bool = False,
               method: Method | None = None, calibration_out: str | Path | None = None,
-              cache_dir: str | Path | None = None, progress: bool = False, min_source_harmful: int = 20) -> dict:
+              cache_dir: str | Path | None = None, progress: bool = False, min_source_harmful: int = 20,
+              band_rule: BandRule = BandRule()) -> dict:
     if not 0.0 < target_recall <= 1.0:
         raise InputError(f"--target-recall: must be in (0, 1], got {target_recall}")
-    config = load_config(config_path)
+    config = _config_without_bands(config_path)
     if config.combiner.type == "vote":
         raise ConfigError(f"{config_path}: combiner.type: vote decides by its rule, not a threshold; "
                           "calibrate a score combiner (mean, weighted_mean, max, stacking)")
@@ -44,6 +46,7 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
     if method is not None and calibration_out is None:
         raise InputError("--method needs --calibration-out, where the fitted mapping is written")
     member_scores = FeatureScorer(config, plans, cache_dir, progress).member_scores(records, "validation features")
+    # Without bands a cascade decides every text at its last stage: every member's combined score.
     path = DecisionPath.from_config(config, plans)
 
     calibration = None
@@ -55,6 +58,7 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
         calibration = fit_calibration(combined, labels, method)
         calibration.save(calibration_out)
         scores = calibration.apply(combined)
+        path = replace(path, calibration=calibration)
 
     sources = np.array([record.source for record in records])
     per_source_threshold = {
@@ -64,6 +68,10 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
     threshold = threshold_for_recall(labels, scores, target_recall)
     if per_source:
         threshold = min([threshold, *per_source_threshold.values()])
+    cascade = None
+    if path.staged:
+        cascade = fit_bands(path, member_scores, labels, threshold, band_rule)
+        scores = path.with_bands(cascade.bands).scores(member_scores)  # what the written config decides
     by_source = {source: binary_metrics(labels[sources == source], scores[sources == source], threshold).to_dict()
                  for source in sorted(set(sources.tolist()))}
     harmful_sources = {source: m["recall"] for source, m in by_source.items() if m["recall"] is not None}
@@ -77,11 +85,29 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
         "worst_fpr_source": max(benign_sources.items(), key=lambda item: item[1]) if benign_sources else None,
         "per_source_threshold": per_source_threshold,
         "per_source_metrics": by_source,
+        "cascade": None if cascade is None else cascade.to_dict(),
     }
 
 
-def write_calibrated_config(config_path: str | Path, out: str | Path, threshold: float, calibration_path: str | Path | None) -> Path:
-    """A copy of the config with ``threshold`` (and ``calibration``) set; paths stay relative to ``out``'s directory."""
+def _config_without_bands(config_path: str | Path) -> EnsembleConfig:
+    """The config, with a cascade's bands left out: calibrate fits them anew at the threshold it picks."""
+    path = Path(config_path)
+    raw = read_yaml(path)
+    combiner = raw.get("combiner") if isinstance(raw, dict) else None
+    if isinstance(combiner, dict) and combiner.get("type") == "cascade" and isinstance(combiner.get("stages"), list):
+        for stage in combiner["stages"]:
+            if isinstance(stage, dict):
+                stage.pop("low", None)
+                stage.pop("high", None)
+    if raw is None:
+        raise ConfigError(f"{path}: empty config")
+    return EnsembleConfig.from_dict(raw, base_dir=path.parent.resolve(), source=str(path))
+
+
+def write_calibrated_config(config_path: str | Path, out: str | Path, threshold: float, calibration_path: str | Path | None,
+                            cascade: dict | None = None) -> Path:
+    """A copy of the config with ``threshold`` (and ``calibration``, and a cascade's bands) set; paths stay
+    relative to ``out``'s directory."""
     config_path, out = Path(config_path), Path(out)
     raw = read_yaml(config_path)
     relative = _relative_paths(raw, config_path.resolve().parent)
@@ -90,6 +116,14 @@ def write_calibrated_config(config_path: str | Path, out: str | Path, threshold:
     raw["threshold"] = round(float(threshold), 6)
     if calibration_path is not None:
         raw["calibration"] = os.path.relpath(Path(calibration_path).resolve(), out.resolve().parent)
+    if cascade is not None:
+        for stage, band in zip(raw["combiner"]["stages"], cascade["bands"]):
+            for side in ("low", "high"):
+                stage.pop(side, None)
+                if band[side] is not None:
+                    # Rounding moved the threshold a little; a band never crosses it (that narrows the band).
+                    clip = min if side == "low" else max
+                    stage[side] = clip(float(band[side]), raw["threshold"])
     out.write_text(yaml.safe_dump(raw, sort_keys=False))
     return out
 

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 ALTERNATIVE_COMBINERS = (("mean", {}), ("weighted_mean", {}), ("logit_mean", {}), ("max", {}), ("vote", {"rule": "any"}),
                          ("vote", {"rule": "majority"}))
+#: The cascade config's row with every member run (its last stage for every text).
+EVERY_MEMBER_ROW = "ensemble (config), every member"
 #: Stackers fitted on cross-fitted member scores: (row label, with pairwise logit interactions).
 CROSS_FITTED_STACKERS = (("ensemble stacking (cross-fitted)", False), ("ensemble stacking+interactions (cross-fitted)", True))
 
@@ -127,12 +129,15 @@ def evaluate(config_path: str | Path, data: str | Path, options: EvaluateOptions
     outputs = _scorer_outputs(config, plans, evaluated, validation, options, cross_fitted)
     if options.baselines and train is not None:
         outputs.update(_baseline_outputs(plans, train, validation, evaluated, options.target_recall))
+    own = DecisionPath.from_config(config, plans)
 
     report = {
         "config": str(config_path), "data": str(data), "split": options.split if is_split_dir else None,
         "target_recall": options.target_recall,
         "scorers": {name: _metrics_by_source(evaluated, scored) for name, scored in outputs.items()},
     }
+    if own.staged and len(plans) > 1:
+        report["cascade"] = _cascade_report(own, config, evaluated, outputs)
     if options.record_scores:
         report["record_scores"] = {name: scored.scores.tolist() for name, scored in outputs.items()}
     if options.examples:
@@ -205,11 +210,14 @@ def _scorer_outputs(config: EnsembleConfig, plans: list[MemberPlan], evaluated: 
     if target_recall is not None and val_scores is not None:
         calibrated = own.calibrated_members(val_scores)
         tuned = [threshold_for_recall(val_labels, calibrated[:, column], target_recall) for column in range(len(plans))]
-    paths = [("ensemble (config)", DecisionPath.from_config(config, plans, thresholds=tuned))] + [
+    configured = DecisionPath.from_config(config, plans, thresholds=tuned)
+    paths = [("ensemble (config)", configured)] + [
         (f"ensemble {name}" + (f" {opts['rule']}" if opts else ""),
          DecisionPath.from_config(config, plans, CombinerConfig(type=name, **opts), thresholds=tuned))
         for name, opts in ALTERNATIVE_COMBINERS
     ]
+    if configured.staged:  # the cascade beside what it saves compute against
+        paths.insert(1, (EVERY_MEMBER_ROW, configured.without_bands()))
     for label, path in paths:
         if path.combiner.name == "vote":
             threshold = path.threshold  # the rule decides
@@ -219,6 +227,24 @@ def _scorer_outputs(config: EnsembleConfig, plans: list[MemberPlan], evaluated: 
     if cross_fitted is not None and validation is not None:
         outputs.update(_stacker_outputs(own, plans, evaluated, validation, options, cross_fitted))
     return outputs
+
+
+def _cascade_report(path: DecisionPath, config: EnsembleConfig, evaluated: _SplitData, outputs: dict[str, Scored]) -> dict:
+    """Share of texts each stage decided, and how the cascade's verdicts compare with every member's at its threshold."""
+    staged = path.staged_scores(evaluated.member_scores)
+    cascade, every = outputs["ensemble (config)"], outputs[EVERY_MEMBER_ROW]
+    verdicts = cascade.scores >= cascade.threshold
+    reference = every.scores >= cascade.threshold
+    harmful = evaluated.labels == 1
+    stages = config.combiner_options().stages
+    return {
+        "stages": [list(stage.members) for stage in stages],
+        "bands": [{"low": stage.low, "high": stage.high} for stage in stages],
+        "decided_share": [round(float((staged.decided_by == index).mean()), 6) for index in range(len(stages))],
+        "agreement_with_every_member": round(float((verdicts == reference).mean()), 6),
+        "recall": round(float(verdicts[harmful].mean()), 6) if harmful.any() else None,
+        "recall_every_member": round(float(reference[harmful].mean()), 6) if harmful.any() else None,
+    }
 
 
 def _cross_fit(plans: list[MemberPlan], train: _SplitData, validation: _SplitData, options: EvaluateOptions) -> _CrossFitted:

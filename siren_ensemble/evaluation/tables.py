@@ -50,6 +50,8 @@ def render(report: dict) -> str:
     parts = [f"## Overall ({report.get('split') or 'data'})", overall_table(report), "",
              f"## Per source ({report.get('split') or 'data'})",
              source_table({name: result["per_source"] for name, result in report["scorers"].items()})]
+    if report.get("cascade"):
+        parts += ["", f"## Cascade ({report.get('split') or 'data'})", cascade_table(report["cascade"])]
     loso = report.get("leave_one_source_out")
     if loso:
         by_scorer: dict[str, dict] = {}
@@ -79,3 +81,14 @@ def examples_list(found: dict, width: int = 160) -> str:
                 text = text if len(text) <= width else text[: width - 1] + "…"
                 lines.append(f"- {label} ({source}, score {example['score']:.3f}): {text}")
     return "\n".join(lines) if lines else "- none"
+
+
+def cascade_table(cascade: dict) -> str:
+    """One row per stage: its members, its bands and the share of texts it decided."""
+    band_cell = lambda value: "-" if value is None else f"{value:.4g}"  # noqa: E731
+    rows = [[str(index), ", ".join(members), band_cell(band["low"]), band_cell(band["high"]), _cell(share)]
+            for index, (members, band, share) in enumerate(zip(cascade["stages"], cascade["bands"], cascade["decided_share"]))]
+    table = _table(["stage", "members", "low", "high", "decided"], rows)
+    return (f"{table}\n\nVerdicts equal to every member's (at the cascade's threshold): "
+            f"{_cell(cascade['agreement_with_every_member'])}; recall {_cell(cascade['recall'])} "
+            f"(every member: {_cell(cascade['recall_every_member'])}).")

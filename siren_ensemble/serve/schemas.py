@@ -86,6 +86,8 @@ class SirenDetails(BaseModel):
     members: dict[str, float | None]
     truncated: bool
     errors: dict[str, str] = {}
+    #: With the cascade combiner: the index of the stage (``combiner.stages``) that decided the text.
+    decided_by: int | None = None
 
 
 class ModerationResult(BaseModel):
@@ -109,7 +111,7 @@ def moderation_result(result: EnsembleResult) -> ModerationResult:
     return ModerationResult(
         flagged=result.is_harmful, categories=categories, category_scores=scores, category_applied_input_types=applied,
         siren=SirenDetails(score=result.score, threshold=result.threshold, members=result.members,
-                           truncated=result.truncated, errors=result.errors),
+                           truncated=result.truncated, errors=result.errors, decided_by=result.decided_by),
     )
 
 

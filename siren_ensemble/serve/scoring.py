@@ -50,7 +50,7 @@ class Scorer:
         else:
             # The batch was scored at the ensemble's threshold; the decision is score >= threshold.
             results = [replace(result, threshold=threshold, is_harmful=result.score >= threshold) for result in results]
-        self.metrics.record_verdicts([result.is_harmful for result in results])
+        self.metrics.record_verdicts(results)
         return results
 
     async def open_stream(self, prompt: str | None, threshold: float | None) -> "ScoredStream":
@@ -82,7 +82,7 @@ class ScoredStream:
                                             scorer.settings.request_timeout_s)
         except Exception as error:
             result = scorer.policy_result(_reason(error, scorer.settings), self._threshold)
-        scorer.metrics.record_verdicts([result.is_harmful])
+        scorer.metrics.record_verdicts([result])
         return result
 
     async def close(self) -> None:
