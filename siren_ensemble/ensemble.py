@@ -23,6 +23,7 @@ from .encoding import SpecialTokenLayout, encode_windows, plan_batches
 from .errors import ConfigError, InputError, MemberError, SirenError
 from .extraction import LoadedBackbone, union_of
 from .members import MemberPlan, plan_members, check_heads_against_backbones
+from .precision import DtypeChoice
 from .streaming import EnsembleStream, PassStream
 from .text import check_encodable, clean_text, join_prompt_response
 
@@ -104,6 +105,11 @@ class Ensemble:
     def threshold(self) -> float:
         """The decision threshold: the config's, else the one its combiner implies, else the default."""
         return self.decision.threshold
+
+    @property
+    def precision(self) -> dict[str, DtypeChoice]:
+        """Per member: the dtype its backbone computes in, what the config asked for, and why."""
+        return {plan.name: plan.precision for plan in self.plans}
 
     @classmethod
     def from_config(cls, config: str | Path | EnsembleConfig) -> "Ensemble":

@@ -288,6 +288,14 @@ def _metric(text: str, name: str) -> float:
     raise AssertionError(f"metric {name} not found")
 
 
+def test_readyz_reports_each_members_dtype_and_why(url):
+    body = httpx.get(f"{url}/readyz").json()
+    assert body["status"] == "ready" and body["members"] == ["a", "b"]
+    # The suite pins `dtype: auto` to float32 through the environment variable (conftest).
+    assert body["dtypes"] == {name: {"requested": "auto", "dtype": "float32", "reason": "SIREN_ENSEMBLE_CPU_BF16=0"}
+                              for name in ("a", "b")}
+
+
 def test_readyz_waits_for_the_loader_and_reports_a_failed_load(ensemble):
     release = threading.Event()
 

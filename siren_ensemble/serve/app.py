@@ -64,7 +64,7 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
         scorer = Scorer(loaded, settings, service.metrics)
         scorer.start()
         service.scorer = scorer
-        log.info("models loaded: %s", ", ".join(loaded.member_names))
+        log.info("models loaded: %s", ", ".join(f"{name} ({choice.describe()})" for name, choice in loaded.precision.items()))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -94,7 +94,9 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
         if service.scorer is None:
             status = "failed" if service.load_error else "loading"
             return JSONResponse({"status": status, "error": service.load_error}, status_code=503)
-        return {"status": "ready", "members": service.scorer.ensemble.member_names}
+        ensemble = service.scorer.ensemble
+        dtypes = {name: choice.to_dict() for name, choice in ensemble.precision.items()}
+        return {"status": "ready", "members": ensemble.member_names, "dtypes": dtypes}
 
     @app.get("/metrics", dependencies=[Depends(require_key)])
     async def metrics():
