@@ -223,36 +223,46 @@ class Ensemble:
     def _names(self, shared: _SharedPass) -> list[str]:
         return [self.member_names[position] for position in shared.member_positions]
 
-    def _score_stream(self, text: str, streams: list[PassStream], threshold: float) -> EnsembleResult:
-        [cleaned], rejected = _clean_each([text])
-        scores = np.full((1, len(self.plans)), np.nan)
-        truncated = np.zeros(1, dtype=bool)
-        errors: list[dict[str, str]] = [{}]
-        if cleaned is None:
-            _record_failure(errors, [0], self.member_names, rejected[0])
-            return self._combine(_MemberScores(scores, truncated, errors, rejected), threshold)[0]
+    def _score_stream(self, texts: list[str], streams: list[PassStream], threshold: float) -> list[EnsembleResult]:
+        """Score a stream's text after each of its new chunks (``texts``, each extending the one before)."""
+        cleaned, rejected = _clean_each(texts)
+        scores = np.full((len(texts), len(self.plans)), np.nan)
+        truncated = np.zeros(len(texts), dtype=bool)
+        errors: list[dict[str, str]] = [{} for _ in texts]
+        for row, reason in enumerate(rejected):
+            if reason is not None:
+                _record_failure(errors, [row], self.member_names, reason)
+        live = [row for row, text in enumerate(cleaned) if text is not None]
         batching = self.config.batching
         with self._lock:
-            for stream in streams:
+            for stream in streams if live else ():
                 shared = stream.shared
-                [encoded] = shared.encode_each([cleaned])
-                if isinstance(encoded, str):
-                    _record_failure(errors, [0], self._names(shared), encoded)
-                    continue
-                windows, truncated_here = encoded
-                truncated[0] |= truncated_here
-                if len(windows) > 1:  # sliding windows over a long text: each window is scored afresh
-                    for batch in _plan(batching, [len(ids) for ids in windows]):
-                        self._run_pass(shared, [0] * len(batch), [windows[i] for i in batch], scores, errors)
+                rows, sequences = [], []  # advanced incrementally
+                afresh_rows, afresh = [], []  # scored as score_batch scores them: encoders, and sliding windows
+                for row, encoded in zip(live, shared.encode_each([cleaned[row] for row in live])):
+                    if isinstance(encoded, str):
+                        _record_failure(errors, [row], self._names(shared), encoded)
+                        continue
+                    windows, truncated_here = encoded
+                    truncated[row] |= truncated_here
+                    if len(windows) > 1 or not stream.incremental:
+                        afresh_rows += [row] * len(windows)
+                        afresh += windows
+                    else:
+                        rows.append(row)
+                        sequences.append(windows[0])
+                for batch in _plan(batching, [len(ids) for ids in afresh]):
+                    self._run_pass(shared, [afresh_rows[i] for i in batch], [afresh[i] for i in batch], scores, errors)
+                if not rows:
                     continue
                 try:
-                    pooled = stream.pooled(windows[0])
+                    pooled = stream.pooled(sequences)
                 except Exception as error:  # fail closed; the next feed starts this pass over
                     stream.reset()
-                    self._record_forward_failure(shared, [0], error, errors)
+                    self._record_forward_failure(shared, rows, error, errors)
                     continue
-                self._score_heads(shared, [0], pooled, scores, errors)
-        return self._combine(_MemberScores(scores, truncated, errors, rejected), threshold)[0]
+                self._score_heads(shared, rows, pooled, scores, errors)
+        return self._combine(_MemberScores(scores, truncated, errors, rejected), threshold)
 
     def _run_pass(self, shared: _SharedPass, batch: list[int], sequences, scores: np.ndarray, errors) -> None:
         try:
