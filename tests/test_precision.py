@@ -130,6 +130,12 @@ def test_int8_quantises_every_linear_layer_and_scores_close_to_float32(tiny_mode
             pooled = backbone_model.pooled_states([[1, 5, 9, 12]], ensemble._passes[0].wanted)
             assert {tensor.dtype for tensor in pooled.values()} == {torch.float32}
             assert ensemble.precision["m"].dtype == "int8"
+            with ensemble.stream("Q") as stream:  # not exactly causal: streams re-encode
+                assert stream.incremental == {"m": False}
+                streamed = [result.score for result in stream.feed_many([" the sea", " and", " the wind"])]
+            # One activation scale per matmul spans the whole batch: a text's int8 score moves slightly with its batch.
+            assert streamed == pytest.approx([ensemble.score(prompt="Q", response=response).score for response in
+                                              (" the sea", " the sea and", " the sea and the wind")], abs=1e-3)
         else:
             assert linears and not quantised
         scores[dtype] = [result.score for result in ensemble.score_batch(TEXTS)]
