@@ -248,9 +248,9 @@ def cpu_line() -> str:
     """The CPU's bf16-relevant features, printed with every result (bf16 speed depends on them)."""
     import os
 
-    from siren_ensemble.precision import NATIVE_BF16_FLAGS, cpu_flags, resolve_dtype
+    from siren_ensemble.precision import NATIVE_BF16_FLAGS, cpu_flags, resolve
 
     wanted = ("avx2", "avx512f", "avx512_vnni", *NATIVE_BF16_FLAGS, "amx_tile")
     present = [flag for flag in wanted if flag in cpu_flags()]
     return (f"CPU: {os.cpu_count()} cores, features {', '.join(present) or 'none of ' + ', '.join(wanted)}; "
-            f"dtype auto resolves to {resolve_dtype('auto', 'cpu')}")
+            f"dtype auto resolves to {resolve('auto', 'cpu').describe()}")

@@ -46,7 +46,8 @@ config_option = click.option(
 @click.option("--threshold", type=click.FloatRange(0, 1), help="Override the ensemble's decision threshold.")
 @click.option("--format", "output_format", type=click.Choice(["jsonl", "table"]), default="jsonl", show_default=True)
 @click.option("--fail-on-harmful", is_flag=True, help="Exit with status 1 when any input is harmful.")
-def score(config_path, texts, input_path, prompt, response, threshold, output_format, fail_on_harmful):
+@click.option("--verbose", "-v", is_flag=True, help="Report on stderr each member's dtype (and why) once the models are loaded.")
+def score(config_path, texts, input_path, prompt, response, threshold, output_format, fail_on_harmful, verbose):
     """Score TEXTS, an --input file, or one --prompt/--response pair."""
     from .ensemble import Ensemble
     from .inputs import InputRecord, read_inputs
@@ -63,6 +64,9 @@ def score(config_path, texts, input_path, prompt, response, threshold, output_fo
         records = [InputRecord(text=join_prompt_response(prompt, response))]
 
     ensemble = Ensemble.from_config(config_path)
+    if verbose:
+        for name, choice in ensemble.precision.items():
+            click.echo(f"{name}: dtype {choice.describe()}", err=True)
     results = ensemble.score_batch([record.text for record in records], threshold=threshold, progress=sys.stderr.isatty())
     rows = [_output_row(record, result) for record, result in zip(records, results)]
     if output_format == "table":

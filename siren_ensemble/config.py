@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from . import files, plugins
 from .errors import ConfigError
+from .precision import INT8, check_int8_device
 from .validation import format_validation_error
 
 DEVICE_PATTERN = r"^(cpu|auto|mps|cuda(:\d+)?)$"
@@ -49,7 +50,8 @@ class MemberConfig(_Strict):
     device_map: dict[str, str | int] | None = None
     max_memory: dict[str | int, str | int] | None = None
     #: auto: bfloat16 on a CPU with native bf16 (AVX512-BF16, AMX) or a bf16 GPU, else float32.
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    #: int8: the backbone's linear layers dynamically quantised to int8, float32 activations (CPU only).
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = "auto"
     #: Relative: weighted combiners divide by the total.
     weight: float = Field(1.0, ge=0, le=MAX_MEMBER_WEIGHT, allow_inf_nan=False)
     threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
@@ -143,6 +145,11 @@ class EnsembleConfig(_Strict):
                     f"{where}.backbone_options.{reserved[0]}: set by the member's own fields "
                     f"(model, revision, gguf_file, dtype, device, trust_remote_code), not here"
                 )
+            if member.dtype == INT8:
+                try:
+                    check_int8_device(member.device)
+                except ConfigError as error:
+                    raise ConfigError(f"{where}.dtype: {error}") from None
             if (member.device_map or member.max_memory) and member.device != "auto":
                 raise ConfigError(f"{where}.device: device_map and max_memory need device 'auto' (got {member.device!r})")
             if member.model is None and member.gguf_file is not None and not resolve_path(member.gguf_file, self.base_dir).is_file():

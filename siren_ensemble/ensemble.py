@@ -23,6 +23,7 @@ from .encoding import SpecialTokenLayout, encode_windows, plan_batches
 from .errors import ConfigError, InputError, MemberError, SirenError
 from .extraction import LoadedBackbone, union_of
 from .members import MemberPlan, plan_members, check_heads_against_backbones
+from .precision import DtypeChoice
 from .streaming import EnsembleStream, PassStream
 from .text import check_encodable, clean_text, join_prompt_response
 
@@ -122,6 +123,11 @@ class Ensemble:
     def threshold(self) -> float:
         """The decision threshold: the config's, else the one its combiner implies, else the default."""
         return self.decision.threshold
+
+    @property
+    def precision(self) -> dict[str, DtypeChoice]:
+        """Per member: the dtype its backbone computes in, what the config asked for, and why."""
+        return {plan.name: plan.precision for plan in self.plans}
 
     @classmethod
     def from_config(cls, config: str | Path | EnsembleConfig) -> "Ensemble":
@@ -265,43 +271,57 @@ class Ensemble:
     def _names(self, shared: _SharedPass) -> list[str]:
         return [self.member_names[position] for position in shared.member_positions]
 
-    def _score_stream(self, text: str, streams: list[PassStream], threshold: float) -> EnsembleResult:
-        [cleaned], rejected = _clean_each([text])
-        scores = np.full((1, len(self.plans)), np.nan)
-        truncated = np.zeros(1, dtype=bool)
-        errors: list[dict[str, str]] = [{}]
-        if cleaned is None:
-            _record_failure(errors, [0], self.member_names, rejected[0])
-            return self._combine(_MemberScores(scores, truncated, errors, rejected), threshold)[0]
+    def _score_stream(self, texts: list[str], streams: list[PassStream], threshold: float) -> list[EnsembleResult]:
+        """Score a stream's text after each of its new chunks (``texts``, each extending the one before),
+        stage by stage like ``score_batch``."""
+        cleaned, rejected = _clean_each(texts)
+        scores = np.full((len(texts), len(self.plans)), np.nan)
+        truncated = np.zeros(len(texts), dtype=bool)
+        errors: list[dict[str, str]] = [{} for _ in texts]
+        for row, reason in enumerate(rejected):
+            if reason is not None:
+                _record_failure(errors, [row], self.member_names, reason)
+        live = [row for row, text in enumerate(cleaned) if text is not None]
         with self._lock:
             for stage, passes in enumerate(self._stage_passes):
-                # A pass whose members wait for a later stage keeps its cache; it catches up when next needed.
-                if stage and not self.decision.decide(scores, self._failed_members(errors), through=stage).pending[0]:
+                if stage:
+                    # A pass whose members wait for a later stage keeps its cache; it catches up when next needed.
+                    going_on = self.decision.decide(scores, self._failed_members(errors), through=stage).pending
+                    live = [row for row in live if going_on[row]]
+                if not live:
                     break
                 for index, shared in passes:
-                    truncated[0] |= self._stream_pass(streams[index], shared, cleaned, scores, errors)
-        return self._combine(_MemberScores(scores, truncated, errors, rejected), threshold)[0]
+                    self._stream_pass(streams[index], shared, cleaned, live, scores, truncated, errors)
+        return self._combine(_MemberScores(scores, truncated, errors, rejected), threshold)
 
-    def _stream_pass(self, stream: PassStream, shared: _SharedPass, cleaned: str, scores: np.ndarray,
-                     errors: list[dict[str, str]]) -> bool:
-        """Score ``shared``'s members on the stream's text through its cached pass; whether the text was cut."""
-        [encoded] = shared.encode_each([cleaned])
-        if isinstance(encoded, str):
-            _record_failure(errors, [0], self._names(shared), encoded)
-            return False
-        windows, truncated = encoded
-        if len(windows) > 1:  # sliding windows over a long text: each window is scored afresh
-            for batch in _plan(self.config.batching, [len(ids) for ids in windows]):
-                self._run_pass(shared, [0] * len(batch), [windows[i] for i in batch], scores, errors)
-            return truncated
+    def _stream_pass(self, stream: PassStream, shared: _SharedPass, cleaned: list[str | None], live: list[int],
+                     scores: np.ndarray, truncated: np.ndarray, errors: list[dict[str, str]]) -> None:
+        """Score ``shared``'s members on the stream's texts ``live`` through the stream's cached pass."""
+        rows, sequences = [], []  # advanced incrementally
+        afresh_rows, afresh = [], []  # scored as score_batch scores them: encoders, and sliding windows
+        for row, encoded in zip(live, shared.encode_each([cleaned[row] for row in live])):
+            if isinstance(encoded, str):
+                _record_failure(errors, [row], self._names(shared), encoded)
+                continue
+            windows, truncated_here = encoded
+            truncated[row] |= truncated_here
+            if len(windows) > 1 or not stream.incremental:
+                afresh_rows += [row] * len(windows)
+                afresh += windows
+            else:
+                rows.append(row)
+                sequences.append(windows[0])
+        for batch in _plan(self.config.batching, [len(ids) for ids in afresh]):
+            self._run_pass(shared, [afresh_rows[i] for i in batch], [afresh[i] for i in batch], scores, errors)
+        if not rows:
+            return
         try:
-            pooled = stream.pooled(windows[0])
+            pooled = stream.pooled(sequences)
         except Exception as error:  # fail closed; the next feed starts this pass over
             stream.reset()
-            self._record_forward_failure(shared, [0], error, errors)
-            return truncated
-        self._score_heads(shared, [0], pooled, scores, errors)
-        return truncated
+            self._record_forward_failure(shared, rows, error, errors)
+            return
+        self._score_heads(shared, rows, pooled, scores, errors)
 
     def _run_pass(self, shared: _SharedPass, batch: list[int], sequences, scores: np.ndarray, errors) -> None:
         try:

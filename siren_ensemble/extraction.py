@@ -20,6 +20,7 @@ from torch import nn
 from .backbones.base import BackboneAdapter, BackboneSpec
 from .encoding import EncodedText, encode_texts, pad_batch
 from .head import FeatureRequest, SirenHead
+from .precision import INT8
 
 PooledStates = dict[tuple[str, int], torch.Tensor]
 
@@ -85,6 +86,8 @@ class LoadedBackbone:
         """
         from transformers import DynamicCache
 
+        if self.spec.dtype == INT8:
+            return False  # each matmul quantises its input with one scale for all tokens: later tokens move earlier states
         if "past_key_values" not in inspect.signature(self.model.forward).parameters:
             return False
         ids = self.tokenizer("Is this backbone causal? It should be.", add_special_tokens=True)["input_ids"]

@@ -18,7 +18,7 @@ from .config import CombinerConfig, EnsembleConfig, MemberConfig, is_local, reso
 from .errors import ArtifactError, ConfigError, SirenError
 from .head import CONFIG_FILE, WEIGHTS_FILE, SirenHead
 from .packaged import is_packaged, resolve_packaged
-from .precision import resolve_dtype
+from .precision import DtypeChoice, resolve
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,8 @@ class MemberPlan:
     adapter: BackboneAdapter
     weight: float
     threshold: float
+    #: The dtype the backbone computes in (``spec.dtype``), what the config asked for, and why.
+    precision: DtypeChoice
     #: Maps this head's score onto the scale the members share (fitted on out-of-fold scores by `train`);
     #: ``None`` when the head directory has no ``calibration.json``.
     calibration: Calibration | None = None
@@ -54,7 +56,8 @@ def plan_members(config: EnsembleConfig) -> list[MemberPlan]:
             raise type(error)(f"{where}.head: {error}") from None
         adapter = _adapter(member, head, config.base_dir, where)
         threshold = member.threshold if member.threshold is not None else head.default_threshold
-        plans.append(MemberPlan(index, member.name, head, adapter, member.weight, threshold, calibration))
+        precision = resolve(member.dtype, member.device)
+        plans.append(MemberPlan(index, member.name, head, adapter, member.weight, threshold, precision, calibration))
     return plans
 
 
@@ -183,7 +186,7 @@ def _backbone_spec(member: MemberConfig, head: SirenHead | None, base_dir: Path,
         gguf_parts=gguf_parts,
         sha256=member.sha256,
         revision=revision,
-        dtype=resolve_dtype(member.dtype, member.device),
+        dtype=resolve(member.dtype, member.device).dtype,
         device=member.device,
         device_map=tuple(sorted(member.device_map.items())) if member.device_map else None,
         max_memory=tuple(sorted(member.max_memory.items(), key=str)) if member.max_memory else None,
@@ -226,8 +229,9 @@ def describe_plan(config: EnsembleConfig, plans: list[MemberPlan]) -> str:
     for plan in plans:
         head = plan.head.config
         lines.append(
-            f"  {plan.name}: backbone {plan.spec.adapter} on {plan.spec.describe()} ({plan.spec.dtype}, {plan.spec.device}); "
+            f"  {plan.name}: backbone {plan.spec.adapter} on {plan.spec.describe()} ({plan.spec.device}); "
             f"head {head.pooling}, layers {head.layers[0]}-{head.layers[-1]} ({len(head.layers)}), "
             f"{head.mlp.input_dim} neurons, max_length {head.inference.max_length}, threshold {plan.threshold}"
         )
+        lines.append(f"    dtype: {plan.precision.describe()}")
     return "\n".join(lines)

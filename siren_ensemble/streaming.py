@@ -5,6 +5,13 @@ to the response and scores exactly what ``Ensemble.score(prompt=prompt, response
 scores. For causal backbones each shared pass keeps the backbone's KV cache and running sums of
 every pooled layer, so a chunk costs a forward pass over its own tokens only:
 
+- the KV cache writes each chunk into buffers allocated ahead (``kv_cache``), never copying
+  itself to grow by a chunk.
+- ``feed_many(chunks)`` (chunks that arrived together, e.g. while the last one was scored)
+  answers one result per chunk, as if each had been fed alone, from as few forward steps as
+  tokenisation allows: one, when each text's tokens begin the next one's (a chunk ending
+  inside a word breaks the run there). A step over many tokens keeps the matmuls wide, where
+  several small ones would each pay their fixed cost.
 - the cleaned full text is re-tokenised on every feed (cheap), because tokens(prefix + chunk)
   is not always tokens(prefix) + tokens(chunk): BPE merges across the boundary, and cleaning
   strips trailing whitespace. The cache is rolled back to the longest common token prefix;
@@ -24,7 +31,7 @@ which members stream incrementally.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -37,6 +44,8 @@ if TYPE_CHECKING:
 
 #: How many trailing positions a feed can roll back without starting its pass over.
 ROLLBACK_POSITIONS = 32
+#: KV buffer limit of a pooler built without one (a stream's passes give their head's max_length).
+DEFAULT_CAPACITY = 4096
 
 
 class StreamClosedError(InputError):
@@ -73,12 +82,24 @@ class EnsembleStream:
 
     def feed(self, chunk: str) -> "EnsembleResult":
         """Append ``chunk`` to the response and score the prompt and the response so far."""
-        if self._passes is None:
-            raise StreamClosedError("this stream is closed; open a new one with Ensemble.stream()")
         if not isinstance(chunk, str):
             raise InputError(f"chunk: expected a string, got {type(chunk).__name__}")
-        self._response += chunk
-        return self._ensemble._score_stream(self.text, self._passes, self._threshold)
+        return self.feed_many([chunk])[0]
+
+    def feed_many(self, chunks: Sequence[str]) -> list["EnsembleResult"]:
+        """Append each chunk in turn; one result per chunk, equal to feeding them one by one, from fewer forward steps."""
+        if self._passes is None:
+            raise StreamClosedError("this stream is closed; open a new one with Ensemble.stream()")
+        if isinstance(chunks, str) or not isinstance(chunks, Sequence):
+            raise InputError(f"chunks: expected a list of strings, got {type(chunks).__name__}")
+        for index, chunk in enumerate(chunks):
+            if not isinstance(chunk, str):
+                raise InputError(f"chunks[{index}]: expected a string, got {type(chunk).__name__}")
+        texts = []
+        for chunk in chunks:
+            self._response += chunk
+            texts.append(self.text)
+        return self._ensemble._score_stream(texts, self._passes, self._threshold) if texts else []
 
     def close(self) -> None:
         """Release the stream's caches; feeding afterwards raises StreamClosedError."""
@@ -102,14 +123,17 @@ class PassStream:
         self.incremental = shared.backbone.streams_incrementally
         self._pooler: IncrementalPooler | None = None
 
-    def pooled(self, ids: list[int]) -> PooledStates:
-        """Pooled states (one row) of ``ids``: the stream's whole text, as this pass encodes it."""
-        backbone = self.shared.backbone
+    def pooled(self, sequences: list[list[int]]) -> PooledStates:
+        """Pooled states, one row per sequence: the stream's whole text after each chunk, as this pass encodes it.
+
+        Incremental passes only; the others are scored as ``score_batch`` scores texts.
+        """
         if not self.incremental:
-            return backbone.pooled_states([ids], self.shared.wanted)
+            raise ValueError(f"{self.shared.backbone.spec.describe()} does not stream incrementally; re-encode instead")
         if self._pooler is None:
-            self._pooler = IncrementalPooler(backbone, self.shared.wanted)
-        return self._pooler.advance(ids)
+            self._pooler = IncrementalPooler(self.shared.backbone, self.shared.wanted, capacity=self.shared.max_length)
+        rows = self._pooler.advance_many(sequences)
+        return {key: torch.cat([row[key] for row in rows]) for key in rows[0]}
 
     def reset(self) -> None:
         self._pooler = None
@@ -118,11 +142,14 @@ class PassStream:
 class IncrementalPooler:
     """A causal backbone's KV cache and running per-layer sums for one growing token sequence."""
 
-    def __init__(self, backbone: LoadedBackbone, wanted, keep: int | None = None):
+    def __init__(self, backbone: LoadedBackbone, wanted, keep: int | None = None, capacity: int = DEFAULT_CAPACITY):
         self.backbone = backbone
         self.wanted = frozenset(wanted)
         self.keep = ROLLBACK_POSITIONS if keep is None else keep
+        #: The most tokens the stream will hold (the head's max_length): the KV buffers never grow past it.
+        self.capacity = capacity
         self.tokens_run = 0  # tokens fed through the backbone, for tests and benchmarks
+        self.steps_run = 0  # forward steps, for tests and benchmarks
         self._start_over()
 
     def _start_over(self) -> None:
@@ -131,29 +158,86 @@ class IncrementalPooler:
         # float64 sums: rolling back subtracts, and the mean must not drift over a long stream.
         self._sums: dict[tuple[str, int], torch.Tensor] = {}
         self._recent: dict[tuple[str, int], torch.Tensor] = {}
+        # The last forward step: where it started, the sums before it and the states it produced (float32).
+        self._step_start = 0
+        self._sums_before: dict[tuple[str, int], torch.Tensor] = {}
+        self._step_states: dict[tuple[str, int], torch.Tensor] = {}
 
-    @torch.inference_mode()
     def advance(self, ids: list[int]) -> PooledStates:
         """Mean-pooled states of ``ids`` (float32, one row), running only the tokens not yet cached."""
-        if not ids:
+        return self.advance_many([ids])[0]
+
+    def advance_many(self, targets: Sequence[list[int]]) -> list[PooledStates]:
+        """``advance`` each of ``targets`` in turn; a run of targets each beginning the next costs one forward step."""
+        results: list[PooledStates] = []
+        start = 0
+        while start < len(targets):
+            end = start + 1
+            while end < len(targets) and _is_prefix(targets[end - 1], targets[end]):
+                end += 1
+            results += self._advance_run(targets[start:end])
+            start = end
+        return results
+
+    @torch.inference_mode()
+    def _advance_run(self, run: Sequence[list[int]]) -> list[PooledStates]:
+        if not all(run):
             raise ValueError("cannot pool an empty token sequence")
+        results: list[PooledStates] = []
+        try:
+            # Targets no longer than what is cached already need no forward step: a rollback at most.
+            while len(run) > 1 and len(run[0]) <= _common_prefix_length(self.ids, run[-1]):
+                self._move_to(run[0])
+                results.append(self._means_at([len(run[0])])[0])
+                run = run[1:]
+            self._move_to(run[-1])
+            return results + self._means_at([len(ids) for ids in run])
+        finally:
+            self._step_states, self._sums_before = {}, {}  # a long step's states are not kept between feeds
+
+    def _move_to(self, ids: list[int]) -> None:
+        """Roll the cache back to the longest common prefix with ``ids`` (or start over), then run the rest of ``ids``."""
+        from .kv_cache import croppable
+
         common = _common_prefix_length(self.ids, ids)
         rollback = len(self.ids) - common
         recent = min((len(kept) for kept in self._recent.values()), default=0)
-        if common == 0 or rollback > recent or (rollback and not self._can_crop()):
+        if common == 0 or rollback > recent or (rollback and not croppable(self._cache)):
             self._start_over()
         elif rollback:
             self._roll_back(common)
+        self._step_start = len(self.ids)
+        self._sums_before = dict(self._sums)
+        self._step_states = {}
         if len(ids) > len(self.ids):
             self._extend(ids[len(self.ids):])
-        count = len(self.ids)
-        return {key: (total / count).to(torch.float32).unsqueeze(0) for key, total in self._sums.items()}
 
-    def _can_crop(self) -> bool:
-        # Sliding-window and linear-attention layers forget what a crop would need back.
-        from transformers.cache_utils import DynamicLayer
+    def _means_at(self, lengths: list[int]) -> list[PooledStates]:
+        """Mean-pooled states (float32, one row each) of the first ``length`` cached tokens, for non-decreasing
+        lengths from where the last step started to where it ended."""
+        means: list[PooledStates] = [{} for _ in lengths]
+        inside = [length - self._step_start for length in lengths if self._step_start < length < len(self.ids)]
+        for key, total in self._sums.items():
+            sums = {len(self.ids): total}
+            if self._step_start in lengths:
+                sums[self._step_start] = self._sums_before[key]
+            if inside:
+                sums.update(zip((self._step_start + offset for offset in inside), self._sums_inside(key, inside, total.dtype)))
+            for row, length in enumerate(lengths):
+                means[row][key] = (sums[length] / length).to(torch.float32).unsqueeze(0)
+        return means
 
-        return all(type(layer) is DynamicLayer for layer in self._cache.layers)
+    def _sums_inside(self, key: tuple[str, int], offsets: list[int], dtype: torch.dtype) -> torch.Tensor:
+        """Sums of the first ``step_start + offset`` states, per offset into the last step (ascending): one segment
+        sum per offset, then a running total, never a subtraction."""
+        states = self._step_states[key]
+        segment = torch.bucketize(torch.arange(offsets[-1], device=states.device),
+                                  torch.tensor(offsets, device=states.device), right=True)
+        sums = torch.zeros((len(offsets), states.shape[-1]), dtype=dtype, device=states.device)
+        sums.index_add_(0, segment, states[:offsets[-1]].to(dtype))
+        sums = sums.cumsum(dim=0)
+        before = self._sums_before.get(key)
+        return sums if before is None else sums + before
 
     def _roll_back(self, length: int) -> None:
         drop = len(self.ids) - length
@@ -164,11 +248,11 @@ class IncrementalPooler:
         self.ids = self.ids[:length]
 
     def _extend(self, new_ids: list[int]) -> None:
-        from transformers import DynamicCache
+        from .kv_cache import stream_cache
 
         backbone = self.backbone
         if self._cache is None:
-            self._cache = DynamicCache(config=backbone.model.config)
+            self._cache = stream_cache(backbone.model.config, self.capacity)
         device = backbone.input_device
         total = len(self.ids) + len(new_ids)
         gathered: dict[tuple[str, int], torch.Tensor] = {}
@@ -187,16 +271,22 @@ class IncrementalPooler:
             self._start_over()  # a half-updated cache must not be reused
             raise
         self.tokens_run += len(new_ids)
+        self.steps_run += 1
         for key, states in gathered.items():
             added = states.sum(dim=0, dtype=_sum_dtype(states.device))
             self._sums[key] = self._sums[key] + added if key in self._sums else added
             kept = self._recent.get(key)
             self._recent[key] = (states if kept is None else torch.cat([kept, states]))[-self.keep:]
+        self._step_states = gathered
         self.ids = self.ids + list(new_ids)
 
 
 def _sum_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
+def _is_prefix(first: list[int], second: list[int]) -> bool:
+    return len(first) <= len(second) and second[:len(first)] == first
 
 
 def _common_prefix_length(first: list[int], second: list[int]) -> int:

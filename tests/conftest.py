@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
+from siren_ensemble import precision
+from siren_ensemble.precision import CPU_BF16_ENV
 from siren_ensemble.testing import TINY_DIMENSIONS, build_tiny_model, random_head
 
 HIDDEN = TINY_DIMENSIONS["hidden_size"]
@@ -20,6 +23,36 @@ def _features_outside_the_user_cache(tmp_path_factory):
     patcher.setenv(FEATURE_CACHE_ENV, str(tmp_path_factory.mktemp("features")))
     yield
     patcher.undo()
+
+
+#: The user's own override, kept for the real tier (the rest of the suite pins `dtype: auto` to float32).
+_USER_CPU_BF16 = os.environ.get(CPU_BF16_ENV)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _auto_dtype_is_float32_on_every_cpu():
+    """`dtype: auto` (the members' default) resolves to float32 in tests on any CPU, so results do not depend on
+    the machine's bf16 support; tests of the bf16 choice set SIREN_ENSEMBLE_CPU_BF16 themselves."""
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv(CPU_BF16_ENV, "0")
+    precision.clear_cache()
+    yield
+    patcher.undo()
+    precision.clear_cache()
+
+
+@pytest.fixture(scope="module")
+def machine_auto_dtype():
+    """`dtype: auto` as this machine (and the user's SIREN_ENSEMBLE_CPU_BF16) resolves it: for the real tier."""
+    patcher = pytest.MonkeyPatch()
+    if _USER_CPU_BF16 is None:
+        patcher.delenv(CPU_BF16_ENV, raising=False)
+    else:
+        patcher.setenv(CPU_BF16_ENV, _USER_CPU_BF16)
+    precision.clear_cache()
+    yield
+    patcher.undo()
+    precision.clear_cache()
 
 
 TEXTS = [

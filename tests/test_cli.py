@@ -113,7 +113,7 @@ def test_bad_config_is_one_line_naming_the_field(write_config, tmp_path):
     path = write_config({"members": [{"name": "a", "backbone": "llama3", "head": "h", "dtype": "fp8"}]})
     result = run("validate", "--config", path)
     assert result.exit_code == 2
-    assert result.stderr.strip().splitlines() == [f"Error: {path}: members[0].dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16'"]
+    assert result.stderr.strip().splitlines() == [f"Error: {path}: members[0].dtype: Input should be 'auto', 'float32', 'bfloat16', 'float16' or 'int8'"]
 
 
 def test_validate_reports_members_without_loading_weights(config, monkeypatch):

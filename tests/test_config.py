@@ -15,7 +15,7 @@ def member(head="head", **extra):
 
 @pytest.mark.parametrize("config,message", [
     ({"members": []}, "members: List should have at least 1 item"),
-    ({"members": [member(dtype="float64")]}, "members[0].dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16'"),
+    ({"members": [member(dtype="float64")]}, "members[0].dtype: Input should be 'auto', 'float32', 'bfloat16', 'float16' or 'int8'"),
     ({"members": [member(), member(name="n", treshold=0.3)]}, "members[1].treshold: unknown field; did you mean 'threshold'?"),
     ({"members": [member(), member()]}, "members[1].name: duplicate name 'm' (also members[0])"),
     ({"members": [member(backbone="lama3")]}, "members[0].backbone: Unknown backbone 'lama3'. Did you mean: llama3?"),

@@ -22,7 +22,7 @@ CASES = [
 @pytest.mark.parametrize("architecture,backbone,pooling,layers", CASES)
 def test_scores_match_llm_siren(tiny_models, write_head, write_config, architecture, backbone, pooling, layers):
     head = write_head(tiny_models[architecture], layers=layers, pooling=pooling, max_length=24)
-    config = write_config({"members": [{"name": "m", "backbone": backbone, "head": str(head)}]})
+    config = write_config({"members": [{"name": "m", "backbone": backbone, "head": str(head), "dtype": "float32"}]})
     texts = TEXTS + ["word " * 40]  # the last one is longer than max_length: truncated like the reference
 
     ours = Ensemble.from_config(config).score_batch(texts)
@@ -38,7 +38,7 @@ def test_scores_match_llm_siren(tiny_models, write_head, write_config, architect
 
 def test_prompt_response_and_single_scoring_match_reference(tiny_models, write_head, write_config):
     head = write_head(tiny_models["llama"], layers=[1, 3])
-    config = write_config({"members": [{"name": "m", "backbone": "llama3", "head": str(head)}]})
+    config = write_config({"members": [{"name": "m", "backbone": "llama3", "head": str(head), "dtype": "float32"}]})
     ensemble = Ensemble.from_config(config)
     reference = siren_guard.SirenGuard.from_pretrained(str(head), device="cpu", dtype=torch.float32)
     for prompt, response in [("How do I pick a lock?", "I can't help with that."), ("Hi", ""), ("", "Only a response")]:

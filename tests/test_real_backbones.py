@@ -24,6 +24,11 @@ from siren_ensemble.text import clean_text
 
 pytestmark = pytest.mark.real
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _dtype_auto_as_this_machine_resolves_it(machine_auto_dtype):
+    """The default ensemble's `dtype: auto` is checked as users get it (the rest of the suite pins it to float32)."""
+
 DEFAULT_MEMBERS = {member["name"]: member for member in yaml.safe_load(DEFAULT_CONFIG.read_text())["members"]}
 #: (blocks, hidden size, model class) of each family, from the model cards.
 SHAPES = {

@@ -288,6 +288,14 @@ def _metric(text: str, name: str) -> float:
     raise AssertionError(f"metric {name} not found")
 
 
+def test_readyz_reports_each_members_dtype_and_why(url):
+    body = httpx.get(f"{url}/readyz").json()
+    assert body["status"] == "ready" and body["members"] == ["a", "b"]
+    # The suite pins `dtype: auto` to float32 through the environment variable (conftest).
+    assert body["dtypes"] == {name: {"requested": "auto", "dtype": "float32", "reason": "SIREN_ENSEMBLE_CPU_BF16=0"}
+                              for name in ("a", "b")}
+
+
 def test_readyz_waits_for_the_loader_and_reports_a_failed_load(ensemble):
     release = threading.Event()
 
@@ -408,6 +416,50 @@ def test_websocket_stream_answers_a_score_per_chunk(url, ensemble):
         assert answer["flagged"] is answer["is_harmful"] is want.is_harmful
 
 
+def test_websocket_chunks_sent_while_one_is_scored_are_scored_together(make_ensemble):
+    ensemble = make_ensemble()
+    open_stream, released, feeds = ensemble.stream, threading.Event(), []
+
+    def stream(prompt=None, threshold=None):
+        opened = open_stream(prompt=prompt, threshold=threshold)
+        feed_many = opened.feed_many
+
+        def held_first(chunks):
+            feeds.append(len(chunks))
+            if len(feeds) == 1:
+                released.wait(10)  # the first feed is slow: the other chunks arrive meanwhile
+            return feed_many(chunks)
+
+        opened.feed_many = held_first
+        return opened
+
+    ensemble.stream = stream
+    chunks = [" the", " sea", " and", " the", " wind"]
+    with service(ensemble) as base, connect(base.replace("http", "ws") + "/v1/stream") as socket_:
+        socket_.send(json.dumps({"prompt": "Q"}))
+        socket_.send(json.dumps({"chunk": chunks[0]}))
+        deadline = time.monotonic() + 10
+        while not feeds:
+            assert time.monotonic() < deadline, "the first chunk was never fed"
+            time.sleep(0.01)
+        for chunk in chunks[1:]:
+            socket_.send(json.dumps({"chunk": chunk}))
+        socket_.send("not json")
+        time.sleep(0.3)
+        released.set()
+        answers = [json.loads(socket_.recv(timeout=10)) for _ in chunks]
+        error = json.loads(socket_.recv(timeout=10))  # the bad message is refused after the chunks before it
+        with pytest.raises(Exception):
+            socket_.recv(timeout=10)
+        assert socket_.close_code == 1008
+    assert feeds == [1, len(chunks) - 1]
+    assert "message is not valid JSON" in error["error"]["message"]
+    assert [answer["index"] for answer in answers] == list(range(len(chunks)))
+    for count, answer in enumerate(answers, 1):
+        want = ensemble.score(prompt="Q", response="".join(chunks[:count]))
+        assert answer["score"] == pytest.approx(want.score, abs=1e-5) and answer["flagged"] is want.is_harmful
+
+
 def test_websocket_stream_rejects_bad_messages_and_bad_keys(url, keyed_url):
     ws_url = url.replace("http", "ws") + "/v1/stream"
     with connect(ws_url) as socket_:
@@ -476,7 +528,7 @@ def test_a_failing_stream_feed_is_answered_flagged_with_the_reason(make_ensemble
     ensemble = make_ensemble()
 
     class BrokenStream:
-        def feed(self, chunk):
+        def feed_many(self, chunks):
             raise RuntimeError("injected stream fault")
 
         def close(self):

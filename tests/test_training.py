@@ -21,7 +21,8 @@ from siren_ensemble.training.pipeline import REPORT_FILE, SUMMARY_FILE, TrainOpt
 def _config(write_config, tiny_models, heads, architectures=("llama",)):
     backbones = {"llama": "llama3", "qwen3": "qwen3"}
     return write_config({"members": [
-        {"name": architecture, "backbone": backbones[architecture], "model": str(tiny_models[architecture]), "head": str(heads[architecture])}
+        {"name": architecture, "backbone": backbones[architecture], "model": str(tiny_models[architecture]), "head": str(heads[architecture]),
+         "dtype": "float32"}  # compared with llm-siren in float32
         for architecture in architectures
     ]})
 

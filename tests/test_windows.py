@@ -83,6 +83,11 @@ def test_streams_with_windows_score_what_score_scores(tiny_models, write_head, w
             expected = ensemble.score(prompt="Question?", response=response)
             assert stream.feed(chunk + " ").score == pytest.approx(expected.score, abs=1e-5)
     assert len(ensemble._passes[0].encode([clean_text("Question?\n" + response)])[0][0]) > 1
+    chunks = [chunk + " " for chunk in LONG.split(" ")[:28]]
+    with ensemble.stream("Question?") as stream:  # chunks fed together: some fit one window, later ones do not
+        together = stream.feed_many(chunks[:10]) + stream.feed_many(chunks[10:])
+    expected = [ensemble.score(prompt="Question?", response="".join(chunks[:n])).score for n in range(1, len(chunks) + 1)]
+    assert [result.score for result in together] == pytest.approx(expected, abs=1e-5)
 
 
 @pytest.mark.parametrize("sliding_window,message", [

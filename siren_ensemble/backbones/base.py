@@ -21,8 +21,11 @@ from tqdm.auto import tqdm
 
 from .. import gguf_cache
 from ..errors import ArtifactError, ConfigError
+from ..precision import INT8, check_int8_device, quantize_linear_layers
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: The dtype the weights load in, per member dtype: int8 loads float32 and quantises the linear layers after.
+LOAD_DTYPES = {**DTYPES, "int8": torch.float32}
 #: Weight files that are pickles: loading one can run code, so a directory holding only these is refused.
 PICKLED_WEIGHT_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
 
@@ -48,7 +51,8 @@ class BackboneSpec:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        """The dtype the weights load in (float32 for int8, whose linear layers are quantised after loading)."""
+        return LOAD_DTYPES[self.dtype]
 
     @property
     def is_gguf(self) -> bool:
@@ -150,7 +154,11 @@ class BackboneAdapter:
 
         model = self._from_pretrained("weights", AutoModel, self.model_load_kwargs())
         self.check_model_type(model.config)
-        return model.eval().requires_grad_(False)
+        model = model.eval().requires_grad_(False)
+        if self.spec.dtype == INT8:
+            check_int8_device(self.spec.device)
+            model = quantize_linear_layers(model)
+        return model
 
     def load_tokenizer(self):
         from transformers import AutoTokenizer

@@ -29,6 +29,8 @@ log = logging.getLogger("siren_ensemble.serve")
 DEFAULT_MODEL_NAME = "siren-ensemble"
 #: WebSocket close codes (RFC 6455): policy violation, message too big, try again later.
 WS_POLICY_VIOLATION, WS_TOO_BIG, WS_TRY_AGAIN_LATER = 1008, 1009, 1013
+#: Stream chunks that arrived while earlier ones were scored are fed together, at most this many at once.
+MAX_COALESCED_CHUNKS = 64
 
 _ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error",
                 503: "service_unavailable"}
@@ -64,7 +66,7 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
         scorer = Scorer(loaded, settings, service.metrics)
         scorer.start()
         service.scorer = scorer
-        log.info("models loaded: %s", ", ".join(loaded.member_names))
+        log.info("models loaded: %s", ", ".join(f"{name} ({choice.describe()})" for name, choice in loaded.precision.items()))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -94,7 +96,9 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
         if service.scorer is None:
             status = "failed" if service.load_error else "loading"
             return JSONResponse({"status": status, "error": service.load_error}, status_code=503)
-        return {"status": "ready", "members": service.scorer.ensemble.member_names}
+        ensemble = service.scorer.ensemble
+        dtypes = {name: choice.to_dict() for name, choice in ensemble.precision.items()}
+        return {"status": "ready", "members": ensemble.member_names, "dtypes": dtypes}
 
     @app.get("/metrics", dependencies=[Depends(require_key)])
     async def metrics():
@@ -151,21 +155,66 @@ async def _stream_session(websocket: WebSocket, scorer: Scorer, settings: ServeS
             await _ws_fail(websocket, WS_TOO_BIG, f"prompt: {len(start.prompt)} characters, over the limit of {settings.max_chars}")
             return
         session = await scorer.open_stream(start.prompt, start.threshold)
-        response_chars = 0
+        inbox: asyncio.Queue[str | None] = asyncio.Queue(maxsize=MAX_COALESCED_CHUNKS)
+        pump = asyncio.create_task(_pump(websocket, inbox))
         try:
-            index = 0
-            while (message := await _ws_receive(websocket, StreamChunk, settings)) is not None:
-                response_chars += len(message.chunk)
-                if response_chars > settings.max_chars:
-                    await _ws_fail(websocket, WS_TOO_BIG, f"response: {response_chars} characters, over the limit of {settings.max_chars}")
-                    return
-                result = await session.feed(message.chunk)
-                await websocket.send_json({"index": index, "flagged": result.is_harmful, **result.to_dict()})
-                index += 1
+            await _answer_chunks(websocket, session, inbox, settings)
         finally:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
             await session.close()
     except WebSocketDisconnect:
         return
+
+
+async def _pump(websocket: WebSocket, inbox: "asyncio.Queue[str | None]") -> None:
+    """Each message as it arrives, so that those sent while a feed is scored wait together; None once disconnected.
+
+    The bounded queue keeps the back-pressure of reading one message at a time.
+    """
+    try:
+        while True:
+            await inbox.put(await websocket.receive_text())
+    except (WebSocketDisconnect, RuntimeError):  # RuntimeError: the socket is already closed
+        await inbox.put(None)
+
+
+async def _answer_chunks(websocket: WebSocket, session, inbox: "asyncio.Queue[str | None]", settings: ServeSettings) -> None:
+    """Answer every chunk with its score, in order; chunks waiting together are scored in one feed."""
+    index = 0
+    response_chars = 0
+    while True:
+        try:
+            arrived = [await asyncio.wait_for(inbox.get(), settings.stream_idle_timeout_s)]
+        except TimeoutError:
+            await _ws_fail(websocket, WS_POLICY_VIOLATION, f"no message for {settings.stream_idle_timeout_s:g} s; stream closed")
+            return
+        while len(arrived) < MAX_COALESCED_CHUNKS and not inbox.empty():
+            arrived.append(inbox.get_nowait())
+        chunks: list[str] = []
+        failure: tuple[int, str] | None = None
+        disconnected = False
+        for message in arrived:
+            if message is None:
+                disconnected = True
+                break
+            parsed = _parse_message(message, StreamChunk)
+            if isinstance(parsed, str):
+                failure = (WS_POLICY_VIOLATION, parsed)
+                break
+            response_chars += len(parsed.chunk)
+            if response_chars > settings.max_chars:
+                failure = (WS_TOO_BIG, f"response: {response_chars} characters, over the limit of {settings.max_chars}")
+                break
+            chunks.append(parsed.chunk)
+        if chunks:  # the chunks before a bad message are answered first, as if read one at a time
+            for result in await session.feed_many(chunks):
+                await websocket.send_json({"index": index, "flagged": result.is_harmful, **result.to_dict()})
+                index += 1
+        if failure is not None:
+            await _ws_fail(websocket, *failure)
+        if failure is not None or disconnected:
+            return
 
 
 async def _ws_receive(websocket: WebSocket, model, settings: ServeSettings):
@@ -175,14 +224,21 @@ async def _ws_receive(websocket: WebSocket, model, settings: ServeSettings):
     except TimeoutError:
         await _ws_fail(websocket, WS_POLICY_VIOLATION, f"no message for {settings.stream_idle_timeout_s:g} s; stream closed")
         return None
+    parsed = _parse_message(text, model)
+    if isinstance(parsed, str):
+        await _ws_fail(websocket, WS_POLICY_VIOLATION, parsed)
+        return None
+    return parsed
+
+
+def _parse_message(text: str, model):
+    """``text`` parsed as ``model``, or why it cannot be."""
     try:
         return model.model_validate(json.loads(text))
     except json.JSONDecodeError as error:
-        reason = f"message is not valid JSON: {error.msg} (position {error.pos})"
+        return f"message is not valid JSON: {error.msg} (position {error.pos})"
     except ValidationError as error:
-        reason = _validation_message(error.errors())
-    await _ws_fail(websocket, WS_POLICY_VIOLATION, reason)
-    return None
+        return _validation_message(error.errors())
 
 
 async def _ws_fail(websocket: WebSocket, code: int, message: str) -> None:

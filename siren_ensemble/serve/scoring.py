@@ -76,14 +76,19 @@ class ScoredStream:
         self._threshold = threshold
 
     async def feed(self, chunk: str) -> EnsembleResult:
+        return (await self.feed_many([chunk]))[0]
+
+    async def feed_many(self, chunks: list[str]) -> list[EnsembleResult]:
+        """One result per chunk, scored together (chunks that arrived while the last ones were scored)."""
         scorer = self._scorer
         try:
-            result = await asyncio.wait_for(scorer.batcher.run_on_model_thread(self._stream.feed, chunk),
-                                            scorer.settings.request_timeout_s)
+            results = await asyncio.wait_for(scorer.batcher.run_on_model_thread(self._stream.feed_many, chunks),
+                                             scorer.settings.request_timeout_s)
         except Exception as error:
-            result = scorer.policy_result(_reason(error, scorer.settings), self._threshold)
-        scorer.metrics.record_verdicts([result])
-        return result
+            reason = _reason(error, scorer.settings)
+            results = [scorer.policy_result(reason, self._threshold) for _ in chunks]
+        scorer.metrics.record_verdicts(results)
+        return results
 
     async def close(self) -> None:
         await self._scorer.batcher.run_on_model_thread(self._stream.close)
