@@ -19,7 +19,7 @@ from ..ensemble import Ensemble
 from ..text import join_prompt_response
 from .auth import is_authorized
 from .metrics import ServiceMetrics
-from .middleware import BodySizeLimit, RequestMetrics
+from .middleware import BodySizeLimit, HeaderSizeLimit, RequestMetrics
 from .schemas import ModerationRequest, ModerationResponse, ScoreRequest, StreamChunk, StreamStart, error_body, moderation_result
 from .scoring import Scorer
 from .settings import ServeSettings
@@ -84,6 +84,7 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
     app = FastAPI(title="siren-ensemble", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeaderSizeLimit, max_bytes=settings.max_header_bytes)
     app.add_middleware(RequestMetrics, metrics=service.metrics)
     _add_error_handlers(app)
 
@@ -211,6 +212,8 @@ async def _answer_chunks(websocket: WebSocket, session, inbox: "asyncio.Queue[st
             for result in await session.feed_many(chunks):
                 await websocket.send_json({"index": index, "flagged": result.is_harmful, **result.to_dict()})
                 index += 1
+        if session.timed_out:
+            failure = (WS_TRY_AGAIN_LATER, f"no score within {settings.request_timeout_s:g} s; stream closed, open a new one")
         if failure is not None:
             await _ws_fail(websocket, *failure)
         if failure is not None or disconnected:
