@@ -25,6 +25,21 @@ def _features_outside_the_user_cache(tmp_path_factory):
     patcher.undo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_installed_plugins():
+    """Plugins installed in this environment (entry points) never load in tests, nor in the CLI processes tests
+    start: SIREN_ENSEMBLE_LOAD_PLUGINS is empty. Tests that want a plugin register a fake one with the plugin
+    manager (test_plugins.py) or name the example plugin in the variable (test_example_plugin.py)."""
+    from siren_ensemble import plugins
+
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv(plugins.LOAD_PLUGINS_ENV, "")
+    for plugin, _dist in plugins.pm.list_plugin_distinfo():  # any loaded before this fixture ran
+        plugins.pm.unregister(plugin)
+    yield
+    patcher.undo()
+
+
 #: The user's own override, kept for the real tier (the rest of the suite pins `dtype: auto` to float32).
 _USER_CPU_BF16 = os.environ.get(CPU_BF16_ENV)
 
