@@ -5,10 +5,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import settings
 
 from siren_ensemble import precision
 from siren_ensemble.precision import CPU_BF16_ENV
 from siren_ensemble.testing import TINY_DIMENSIONS, build_tiny_model, random_head
+
+#: Property tests (tests/test_fuzz.py): under CI the examples are derandomized, so a failing run can be reproduced.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 HIDDEN = TINY_DIMENSIONS["hidden_size"]
 DEPTH = TINY_DIMENSIONS["num_hidden_layers"]

@@ -11,7 +11,7 @@ from typing import Callable
 
 from fastapi import Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
@@ -20,7 +20,8 @@ from ..text import join_prompt_response
 from .auth import is_authorized
 from .metrics import ServiceMetrics
 from .middleware import BodySizeLimit, HeaderSizeLimit, RequestMetrics
-from .schemas import ModerationRequest, ModerationResponse, ScoreRequest, StreamChunk, StreamStart, error_body, moderation_result
+from .schemas import (ErrorResponse, ModerationRequest, ModerationResponse, ScoreRequest, StreamChunk, StreamStart, error_body,
+                      moderation_result)
 from .scoring import Scorer
 from .settings import ServeSettings
 
@@ -31,6 +32,16 @@ DEFAULT_MODEL_NAME = "siren-ensemble"
 WS_POLICY_VIOLATION, WS_TOO_BIG, WS_TRY_AGAIN_LATER = 1008, 1009, 1013
 #: Stream chunks that arrived while earlier ones were scored are fed together, at most this many at once.
 MAX_COALESCED_CHUNKS = 64
+
+#: The error answers the OpenAPI schema documents (FastAPI's own 422 is never sent: invalid bodies get 400).
+_DOCUMENTED_ERRORS = {
+    400: "malformed request; the message names the field",
+    401: "missing or wrong API key (only when the service has one)",
+    413: "body over the size limit",
+    431: "headers over the size limit",
+    503: "models not loaded yet (or failed to load)",
+}
+_API_ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in _DOCUMENTED_ERRORS.items()}
 
 _ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error",
                 503: "service_unavailable"}
@@ -92,7 +103,7 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "models loading, or failed to load (`status`, `error`)"}})
     async def readyz():
         if service.scorer is None:
             status = "failed" if service.load_error else "loading"
@@ -101,11 +112,12 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
         dtypes = {name: choice.to_dict() for name, choice in ensemble.precision.items()}
         return {"status": "ready", "members": ensemble.member_names, "dtypes": dtypes}
 
-    @app.get("/metrics", dependencies=[Depends(require_key)])
+    @app.get("/metrics", dependencies=[Depends(require_key)], response_class=PlainTextResponse,
+             responses={status: _API_ERRORS[status] for status in (401, 431)})
     async def metrics():
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
-    @app.post("/v1/moderations", dependencies=[Depends(require_key)], response_model=ModerationResponse)
+    @app.post("/v1/moderations", dependencies=[Depends(require_key)], response_model=ModerationResponse, responses=_API_ERRORS)
     async def moderations(body: ModerationRequest):
         scorer = service.ready_scorer()
         texts = body.texts
@@ -114,7 +126,7 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
         return ModerationResponse(id=f"modr-{uuid.uuid4().hex}", model=body.model or DEFAULT_MODEL_NAME,
                                   results=[moderation_result(result) for result in results])
 
-    @app.post("/v1/score", dependencies=[Depends(require_key)])
+    @app.post("/v1/score", dependencies=[Depends(require_key)], responses=_API_ERRORS)
     async def score(body: ScoreRequest):
         scorer = service.ready_scorer()
         text = body.text if body.text is not None else join_prompt_response(body.prompt, body.response)
@@ -143,7 +155,24 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
         finally:
             service.open_streams -= 1
 
+    _document_400_not_422(app)
     return app
+
+
+def _document_400_not_422(app: FastAPI) -> None:
+    """FastAPI documents a 422 for every body; the service answers invalid bodies with 400 (documented instead)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        schema = build()  # cached by FastAPI after the first call; the edit below is idempotent
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+
+    app.openapi = openapi
 
 
 async def _stream_session(websocket: WebSocket, scorer: Scorer, settings: ServeSettings) -> None:
