@@ -99,15 +99,20 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
     app.add_middleware(RequestMetrics, metrics=service.metrics)
     _add_error_handlers(app)
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={503: {"description": "the models failed to load: restart the service"}})
     async def healthz():
+        if service.load_error is not None:  # alive but useless: let the orchestrator restart it
+            return JSONResponse({"status": "failed"}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/readyz", responses={503: {"description": "models loading, or failed to load (`status`, `error`)"}})
-    async def readyz():
+    async def readyz(request: Request):
         if service.scorer is None:
             status = "failed" if service.load_error else "loading"
-            return JSONResponse({"status": status, "error": service.load_error}, status_code=503)
+            # The load error names files and paths: shown only to a client with the key, when there is one.
+            error = service.load_error if is_authorized(request.headers, settings.api_key) else (
+                "models failed to load; see the server log, or send the API key for the reason" if service.load_error else None)
+            return JSONResponse({"status": status, "error": error}, status_code=503)
         ensemble = service.scorer.ensemble
         dtypes = {name: choice.to_dict() for name, choice in ensemble.precision.items()}
         return {"status": "ready", "members": ensemble.member_names, "dtypes": dtypes}
@@ -185,7 +190,7 @@ async def _stream_session(websocket: WebSocket, scorer: Scorer, settings: ServeS
             await _ws_fail(websocket, WS_TOO_BIG, f"prompt: {len(start.prompt)} characters, over the limit of {settings.max_chars}")
             return
         session = await scorer.open_stream(start.prompt, start.threshold)
-        inbox: asyncio.Queue[str | None] = asyncio.Queue(maxsize=MAX_COALESCED_CHUNKS)
+        inbox: "asyncio.Queue[str | _BinaryFrame | None]" = asyncio.Queue(maxsize=MAX_COALESCED_CHUNKS)
         pump = asyncio.create_task(_pump(websocket, inbox))
         try:
             await _answer_chunks(websocket, session, inbox, settings)
@@ -197,19 +202,19 @@ async def _stream_session(websocket: WebSocket, scorer: Scorer, settings: ServeS
         return
 
 
-async def _pump(websocket: WebSocket, inbox: "asyncio.Queue[str | None]") -> None:
+async def _pump(websocket: WebSocket, inbox: "asyncio.Queue[str | _BinaryFrame | None]") -> None:
     """Each message as it arrives, so that those sent while a feed is scored wait together; None once disconnected.
 
     The bounded queue keeps the back-pressure of reading one message at a time.
     """
     try:
         while True:
-            await inbox.put(await websocket.receive_text())
+            await inbox.put(await _receive_text(websocket))
     except (WebSocketDisconnect, RuntimeError):  # RuntimeError: the socket is already closed
         await inbox.put(None)
 
 
-async def _answer_chunks(websocket: WebSocket, session, inbox: "asyncio.Queue[str | None]", settings: ServeSettings) -> None:
+async def _answer_chunks(websocket: WebSocket, session, inbox: "asyncio.Queue[str | _BinaryFrame | None]", settings: ServeSettings) -> None:
     """Answer every chunk with its score, in order; chunks waiting together are scored in one feed."""
     index = 0
     response_chars = 0
@@ -252,7 +257,7 @@ async def _answer_chunks(websocket: WebSocket, session, inbox: "asyncio.Queue[st
 async def _ws_receive(websocket: WebSocket, model, settings: ServeSettings):
     """The next message parsed as ``model``; None (after closing with the reason) when it is invalid or late."""
     try:
-        text = await asyncio.wait_for(websocket.receive_text(), settings.stream_idle_timeout_s)
+        text = await asyncio.wait_for(_receive_text(websocket), settings.stream_idle_timeout_s)
     except TimeoutError:
         await _ws_fail(websocket, WS_POLICY_VIOLATION, f"no message for {settings.stream_idle_timeout_s:g} s; stream closed")
         return None
@@ -263,8 +268,27 @@ async def _ws_receive(websocket: WebSocket, model, settings: ServeSettings):
     return parsed
 
 
-def _parse_message(text: str, model):
+class _BinaryFrame:
+    """Stands for a binary WebSocket frame: the protocol is JSON in text frames, so parsing refuses it."""
+
+
+BINARY_FRAME = _BinaryFrame()
+
+
+async def _receive_text(websocket: WebSocket) -> "str | _BinaryFrame":
+    """The next text message, or ``BINARY_FRAME`` for a binary one; a close raises WebSocketDisconnect."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+    if message.get("text") is not None:
+        return message["text"]
+    return BINARY_FRAME
+
+
+def _parse_message(text: "str | _BinaryFrame", model):
     """``text`` parsed as ``model``, or why it cannot be."""
+    if text is BINARY_FRAME:
+        return "binary frames are not supported: send JSON in text frames"
     try:
         return model.model_validate(json.loads(text))
     except json.JSONDecodeError as error:
