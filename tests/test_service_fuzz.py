@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 import hypothesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
@@ -129,6 +129,7 @@ def test_any_json_body_gets_an_answer_without_5xx_or_traceback(client, path, bod
     content = json.dumps(body)  # ensure_ascii: lone surrogates travel as "\ud800", NaN as the non-standard NaN
     headers = {"content-type": content_type} if content_type else {}
     response = client.post(path, content=content, headers=headers)
+    event(f"{path} {response.status_code}")
     assert response.status_code < 500, response.text
     assert "Traceback" not in response.text
     answer = json.loads(response.content)  # strict JSON back, whatever came in
