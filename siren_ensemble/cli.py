@@ -426,6 +426,12 @@ def data_sources():
               help="Seconds a stream may wait for its next message before it is closed.")
 @click.option("--request-timeout", default=ServeSettings.request_timeout_s, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Seconds a request may wait for its score; then the failure policy answers.")
+@click.option("--header-timeout", default=ServeSettings.header_timeout_s, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Seconds a client has to send a request's headers (slow or silent clients are cut off).")
+@click.option("--body-timeout", default=ServeSettings.body_timeout_s, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Seconds a client has to send a request's body once its headers are in.")
+@click.option("--max-connections", default=ServeSettings.max_connections, show_default=True, type=click.IntRange(1),
+              help="Open connections (HTTP and WebSocket); one more is answered 503.")
 @click.option("--batch-wait-ms", default=ServeSettings.batch_wait_ms, show_default=True, type=click.FloatRange(0),
               help="How long the micro-batcher waits for more requests to join a batch.")
 @click.option("--batch-max-texts", default=ServeSettings.batch_max_texts, show_default=True, type=click.IntRange(1),
@@ -433,7 +439,8 @@ def data_sources():
 @click.option("--torch-threads", type=click.IntRange(1), help="torch threads for the model (default: torch's choice, one per core).")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(config_path, host, port, api_key, max_body_bytes, max_inputs, max_chars, max_streams, stream_idle_timeout,
-          request_timeout, batch_wait_ms, batch_max_texts, torch_threads, log_level):
+          request_timeout, header_timeout, body_timeout, max_connections, batch_wait_ms, batch_max_texts, torch_threads,
+          log_level):
     """Run the HTTP service: OpenAI-compatible /v1/moderations, /v1/score, /v1/stream (WebSocket), /metrics."""
     try:
         from .serve.app import create_app
@@ -448,6 +455,7 @@ def serve(config_path, host, port, api_key, max_body_bytes, max_inputs, max_char
     settings = ServeSettings(
         host=host, port=port, api_key=api_key, max_body_bytes=max_body_bytes, max_inputs=max_inputs, max_chars=max_chars,
         max_streams=max_streams, stream_idle_timeout_s=stream_idle_timeout, request_timeout_s=request_timeout,
+        header_timeout_s=header_timeout, body_timeout_s=body_timeout, max_connections=max_connections,
         batch_wait_ms=batch_wait_ms, batch_max_texts=batch_max_texts, torch_threads=torch_threads,
     )
     config = load_config(config_path)

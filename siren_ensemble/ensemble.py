@@ -11,7 +11,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -26,6 +26,10 @@ from .members import MemberPlan, plan_members, check_heads_against_backbones
 from .precision import DtypeChoice
 from .streaming import EnsembleStream, PassStream
 from .text import check_encodable, clean_text, join_prompt_response
+
+
+#: The failure recorded for a text dropped by ``score_batch``'s ``abandoned`` (its answer goes to nobody).
+ABANDONED = "not scored: abandoned by its caller"
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,10 @@ class Ensemble:
             text = join_prompt_response(prompt, response)
         return self.score_batch([text], threshold=threshold)[0]
 
-    def score_batch(self, texts: Sequence[str], threshold: float | None = None, progress: bool = False) -> list[EnsembleResult]:
+    def score_batch(self, texts: Sequence[str], threshold: float | None = None, progress: bool = False,
+                    abandoned: Callable[[int], bool] | None = None) -> list[EnsembleResult]:
+        """One result per text. ``abandoned(row)``, asked before each forward pass (from the thread that
+        runs it), drops texts nobody waits for any more: they are not scored and answer as failed."""
         if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
             raise InputError(f"texts: expected a list of strings, got {type(texts).__name__}")
         for index, text in enumerate(texts):
@@ -168,7 +175,7 @@ class Ensemble:
         threshold = self._resolve_threshold(threshold)
         if not texts:
             return []
-        member_scores = self._member_scores(list(texts), progress)
+        member_scores = self._member_scores(list(texts), progress, abandoned)
         return self._combine(member_scores, threshold)
 
     def score_streaming(self, prefix: str, threshold: float | None = None) -> EnsembleResult:
@@ -197,7 +204,7 @@ class Ensemble:
             raise InputError(f"threshold: expected a number between 0 and 1, got {threshold!r}")
         return float(threshold)
 
-    def _member_scores(self, texts: list[str], progress: bool) -> _MemberScores:
+    def _member_scores(self, texts: list[str], progress: bool, abandoned: Callable[[int], bool] | None = None) -> _MemberScores:
         """Member scores, stage by stage: a stage's members run only on the texts earlier stages left undecided."""
         cleaned, rejected = _clean_each(texts)
         scores = np.full((len(texts), len(self.plans)), np.nan)
@@ -215,10 +222,16 @@ class Ensemble:
                     live = [row for row in live if going_on[row]]
                 if not live:
                     break
+                if abandoned is not None:  # not even tokenised
+                    gone = {row for row in live if abandoned(row)}
+                    _record_failure(errors, sorted(gone), self.member_names, ABANDONED)
+                    live = [row for row in live if row not in gone]
+                    if not live:
+                        break
                 work = self._plan_work([shared for _, shared in passes], cleaned, live, truncated, errors)
                 bar.total += len(work)
                 bar.refresh()
-                self._run_work(work, scores, errors, bar)
+                self._run_work(work, scores, errors, bar, abandoned)
         return _MemberScores(scores, truncated, errors, rejected)
 
     def _plan_work(self, passes: list[_SharedPass], cleaned: list[str | None], live: list[int], truncated: np.ndarray,
@@ -241,11 +254,15 @@ class Ensemble:
                 work.append((shared, [rows[i] for i in batch], [sequences[i] for i in batch]))
         return work
 
-    def _run_work(self, work, scores: np.ndarray, errors: list[dict[str, str]], bar) -> None:
+    def _run_work(self, work, scores: np.ndarray, errors: list[dict[str, str]], bar,
+                  abandoned: Callable[[int], bool] | None = None) -> None:
         with self._lock:
             def run_all(device_work):
                 for shared, batch, sequences in device_work:
-                    self._run_pass(shared, batch, sequences, scores, errors)  # each member writes its own column
+                    if abandoned is not None:
+                        batch, sequences = self._drop_abandoned(shared, batch, sequences, abandoned, errors)
+                    if batch:
+                        self._run_pass(shared, batch, sequences, scores, errors)  # each member writes its own column
                     bar.update()
 
             by_device: dict[str, list] = {}
@@ -257,6 +274,16 @@ class Ensemble:
                 with ThreadPoolExecutor(max_workers=len(by_device), thread_name_prefix="siren-device") as pool:
                     for future in [pool.submit(run_all, device_work) for device_work in by_device.values()]:
                         future.result()
+
+    def _drop_abandoned(self, shared: _SharedPass, batch: list[int], sequences, abandoned: Callable[[int], bool],
+                        errors: list[dict[str, str]]):
+        """The pass's rows (and their sequences) still waited for; the others are recorded as not scored."""
+        gone = {row for row in set(batch) if abandoned(row)}
+        if not gone:
+            return batch, sequences
+        _record_failure(errors, sorted(gone), self._names(shared), ABANDONED)
+        kept = [index for index, row in enumerate(batch) if row not in gone]
+        return [batch[index] for index in kept], [sequences[index] for index in kept]
 
     def _failed_members(self, errors: list[dict[str, str]]) -> np.ndarray:
         """Texts x members: which member failed on which text (from the errors recorded so far)."""
@@ -432,6 +459,8 @@ def _record_failure(errors: list[dict[str, str]], batch: list[int], members: Seq
 def _raise_first_failure(errors: list[dict[str, str]], rejected: list[str | None]) -> None:
     """The ``raise`` policy: the first failed text's first failure, naming the text."""
     for row, row_errors in enumerate(errors):
+        if ABANDONED in row_errors.values():
+            continue  # its answer goes to nobody: it must not fail the texts still waited for
         if rejected[row] is not None:
             raise InputError(f"texts[{row}]: {rejected[row]}")
         for name, message in row_errors.items():

@@ -23,6 +23,9 @@ pm = pluggy.PluginManager("siren_ensemble")
 pm.add_hookspecs(hookspecs)
 
 _loaded = False
+#: "distribution version" of the entry-point plugins registered by name under LOAD_PLUGINS_ENV (pluggy
+#: records the distribution only for those it loads itself).
+_named_providers: dict[str, str] = {}
 
 
 def load_plugins() -> None:
@@ -46,11 +49,14 @@ def _load_entry_points() -> None:
         dist = entry_point.dist.name.lower() if entry_point.dist else ""
         if dist in wanted and pm.get_plugin(entry_point.name) is None:
             pm.register(entry_point.load(), name=entry_point.name)
+            _named_providers[entry_point.name] = f"{entry_point.dist.metadata['name']} {entry_point.dist.version}"
 
 
 def provider_name(plugin_name: str) -> str:
     if plugin_name in DEFAULT_PLUGINS:
         return BUILTIN_PROVIDER
+    if plugin_name in _named_providers:
+        return _named_providers[plugin_name]
     plugin = pm.get_plugin(plugin_name)
     for registered, dist in pm.list_plugin_distinfo():
         if registered is plugin:

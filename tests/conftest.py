@@ -5,10 +5,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import settings
 
 from siren_ensemble import precision
 from siren_ensemble.precision import CPU_BF16_ENV
 from siren_ensemble.testing import TINY_DIMENSIONS, build_tiny_model, random_head
+
+#: Property tests (tests/test_fuzz.py): under CI the examples are derandomized, so a failing run can be reproduced.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 HIDDEN = TINY_DIMENSIONS["hidden_size"]
 DEPTH = TINY_DIMENSIONS["num_hidden_layers"]
@@ -21,6 +26,21 @@ def _features_outside_the_user_cache(tmp_path_factory):
 
     patcher = pytest.MonkeyPatch()
     patcher.setenv(FEATURE_CACHE_ENV, str(tmp_path_factory.mktemp("features")))
+    yield
+    patcher.undo()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_installed_plugins():
+    """Plugins installed in this environment (entry points) never load in tests, nor in the CLI processes tests
+    start: SIREN_ENSEMBLE_LOAD_PLUGINS is empty. Tests that want a plugin register a fake one with the plugin
+    manager (test_plugins.py) or name the example plugin in the variable (test_example_plugin.py)."""
+    from siren_ensemble import plugins
+
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv(plugins.LOAD_PLUGINS_ENV, "")
+    for plugin, _dist in plugins.pm.list_plugin_distinfo():  # any loaded before this fixture ran
+        plugins.pm.unregister(plugin)
     yield
     patcher.undo()
 

@@ -26,12 +26,15 @@ def installed_plugin(tmp_path_factory):
 
 
 def cli(site, *args, **env):
-    environment = {**os.environ, "PYTHONPATH": str(site), **env}
+    # The suite keeps installed plugins out (conftest); these tests load the example plugin, and only it.
+    environment = {**os.environ, "PYTHONPATH": str(site), "SIREN_ENSEMBLE_LOAD_PLUGINS": "siren-ensemble-gpt2", **env}
+    environment = {name: value for name, value in environment.items() if value is not None}  # None: unset
     return subprocess.run([sys.executable, "-m", "siren_ensemble", *map(str, args)], capture_output=True, text=True, env=environment)
 
 
-def test_installed_plugin_is_listed(installed_plugin):
-    result = cli(installed_plugin, "plugins", "--json")
+@pytest.mark.parametrize("load", ["siren-ensemble-gpt2", None], ids=["named", "variable unset: every installed plugin"])
+def test_installed_plugin_is_listed_with_its_distribution(installed_plugin, load):
+    result = cli(installed_plugin, "plugins", "--json", SIREN_ENSEMBLE_LOAD_PLUGINS=load)
     assert result.returncode == 0, result.stderr
     backbones = {entry["name"]: entry for entry in json.loads(result.stdout)["backbones"]}
     assert backbones["gpt2"]["plugin"] == "siren-ensemble-gpt2 0.1.0"

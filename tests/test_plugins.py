@@ -142,3 +142,14 @@ def test_every_hook_is_documented():
     for hook in plugins.pm.hook.__dict__:
         if hook.startswith("register_"):
             assert f"## `{hook}(register)`" in documentation, f"docs/plugins.md has no section for {hook}"
+
+
+def test_installed_plugins_do_not_load_in_tests():
+    """conftest's autouse fixture: entry points installed in the environment stay out of the suite."""
+    import os
+
+    plugins.load_plugins()
+    assert os.environ[plugins.LOAD_PLUGINS_ENV] == ""
+    assert plugins.pm.list_plugin_distinfo() == []
+    assert {entry.plugin for entry in plugins.backbones()} | {entry.plugin for entry in plugins.combiners()} == {
+        plugins.BUILTIN_PROVIDER}

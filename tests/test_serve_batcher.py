@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -17,7 +18,7 @@ class RecordingScorer:
         self.fail_on = fail_on
         self.gate = gate
 
-    def __call__(self, texts: list[str]) -> list[str]:
+    def __call__(self, texts: list[str], abandoned=None) -> list[str]:
         if self.gate is not None:
             self.gate.wait(5)
         self.batches.append(list(texts))
@@ -121,3 +122,60 @@ def test_a_batch_that_raises_is_scored_again_request_by_request():
     assert good == ["scored:a", "scored:b"] and other == ["scored:c"]
     assert isinstance(bad, RuntimeError) and "cannot score 'bad'" in str(bad)
     assert scorer.batches[0] == ["a", "b", "bad", "c"]  # gathered together, then split after the error
+
+
+def test_a_request_abandoned_while_queued_takes_no_room_in_the_next_batch():
+    gate = threading.Event()
+    scorer = RecordingScorer(gate=gate)
+
+    async def body(batcher):
+        busy = asyncio.ensure_future(batcher.score(["first"]))
+        await asyncio.sleep(0.02)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(batcher.score(["dead-1", "dead-2", "dead-3"]), 0.02)
+        later = [asyncio.ensure_future(batcher.score([f"live-{index}"])) for index in range(4)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        await busy
+        return await asyncio.gather(*later)
+
+    answers = asyncio.run(with_batcher(scorer, body, max_wait_s=0.005, max_texts=4))
+    assert answers == [[f"scored:live-{index}"] for index in range(4)]
+    assert scorer.batches == [["first"], [f"live-{index}" for index in range(4)]]  # one batch: the dead took no room
+
+
+class PassByPassScorer:
+    """Scores one text per "forward pass", asking ``abandoned`` before each, as Ensemble.score_batch does."""
+
+    def __init__(self, pass_s: float):
+        self.pass_s = pass_s
+        self.scored: list[str] = []
+        self.skipped: list[str] = []
+
+    def __call__(self, texts, abandoned=None):
+        results = []
+        for row, text in enumerate(texts):
+            if abandoned is not None and abandoned(row):
+                self.skipped.append(text)
+                results.append("abandoned")
+                continue
+            time.sleep(self.pass_s)
+            self.scored.append(text)
+            results.append(f"scored:{text}")
+        return results
+
+
+def test_a_request_abandoned_while_its_batch_runs_skips_its_remaining_passes():
+    scorer = PassByPassScorer(pass_s=0.02)
+    dead = [f"dead-{index}" for index in range(20)]
+
+    async def body(batcher):
+        doomed = asyncio.ensure_future(asyncio.wait_for(batcher.score(dead), 0.1))
+        live = asyncio.ensure_future(batcher.score(["live"]))  # gathered into the same batch, after the dead texts
+        with pytest.raises(TimeoutError):
+            await doomed
+        return await live
+
+    assert asyncio.run(with_batcher(scorer, body, max_wait_s=0.01, max_texts=64)) == ["scored:live"]
+    assert "live" in scorer.scored
+    assert len(scorer.skipped) >= 10 and set(scorer.skipped) <= set(dead)  # not the 20 passes of 0.02 s

@@ -11,7 +11,7 @@ from typing import Callable
 
 from fastapi import Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
@@ -19,8 +19,9 @@ from ..ensemble import Ensemble
 from ..text import join_prompt_response
 from .auth import is_authorized
 from .metrics import ServiceMetrics
-from .middleware import BodySizeLimit, RequestMetrics
-from .schemas import ModerationRequest, ModerationResponse, ScoreRequest, StreamChunk, StreamStart, error_body, moderation_result
+from .middleware import BodySizeLimit, HeaderSizeLimit, RequestMetrics
+from .schemas import (ErrorResponse, ModerationRequest, ModerationResponse, ScoreRequest, StreamChunk, StreamStart, error_body,
+                      moderation_result)
 from .scoring import Scorer
 from .settings import ServeSettings
 
@@ -31,6 +32,16 @@ DEFAULT_MODEL_NAME = "siren-ensemble"
 WS_POLICY_VIOLATION, WS_TOO_BIG, WS_TRY_AGAIN_LATER = 1008, 1009, 1013
 #: Stream chunks that arrived while earlier ones were scored are fed together, at most this many at once.
 MAX_COALESCED_CHUNKS = 64
+
+#: The error answers the OpenAPI schema documents (FastAPI's own 422 is never sent: invalid bodies get 400).
+_DOCUMENTED_ERRORS = {
+    400: "malformed request; the message names the field",
+    401: "missing or wrong API key (only when the service has one)",
+    413: "body over the size limit",
+    431: "headers over the size limit",
+    503: "models not loaded yet (or failed to load)",
+}
+_API_ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in _DOCUMENTED_ERRORS.items()}
 
 _ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error",
                 503: "service_unavailable"}
@@ -84,27 +95,34 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
     app = FastAPI(title="siren-ensemble", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeaderSizeLimit, max_bytes=settings.max_header_bytes)
     app.add_middleware(RequestMetrics, metrics=service.metrics)
     _add_error_handlers(app)
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={503: {"description": "the models failed to load: restart the service"}})
     async def healthz():
+        if service.load_error is not None:  # alive but useless: let the orchestrator restart it
+            return JSONResponse({"status": "failed"}, status_code=503)
         return {"status": "ok"}
 
-    @app.get("/readyz")
-    async def readyz():
+    @app.get("/readyz", responses={503: {"description": "models loading, or failed to load (`status`, `error`)"}})
+    async def readyz(request: Request):
         if service.scorer is None:
             status = "failed" if service.load_error else "loading"
-            return JSONResponse({"status": status, "error": service.load_error}, status_code=503)
+            # The load error names files and paths: shown only to a client with the key, when there is one.
+            error = service.load_error if is_authorized(request.headers, settings.api_key) else (
+                "models failed to load; see the server log, or send the API key for the reason" if service.load_error else None)
+            return JSONResponse({"status": status, "error": error}, status_code=503)
         ensemble = service.scorer.ensemble
         dtypes = {name: choice.to_dict() for name, choice in ensemble.precision.items()}
         return {"status": "ready", "members": ensemble.member_names, "dtypes": dtypes}
 
-    @app.get("/metrics", dependencies=[Depends(require_key)])
+    @app.get("/metrics", dependencies=[Depends(require_key)], response_class=PlainTextResponse,
+             responses={status: _API_ERRORS[status] for status in (401, 431)})
     async def metrics():
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
-    @app.post("/v1/moderations", dependencies=[Depends(require_key)], response_model=ModerationResponse)
+    @app.post("/v1/moderations", dependencies=[Depends(require_key)], response_model=ModerationResponse, responses=_API_ERRORS)
     async def moderations(body: ModerationRequest):
         scorer = service.ready_scorer()
         texts = body.texts
@@ -113,7 +131,7 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
         return ModerationResponse(id=f"modr-{uuid.uuid4().hex}", model=body.model or DEFAULT_MODEL_NAME,
                                   results=[moderation_result(result) for result in results])
 
-    @app.post("/v1/score", dependencies=[Depends(require_key)])
+    @app.post("/v1/score", dependencies=[Depends(require_key)], responses=_API_ERRORS)
     async def score(body: ScoreRequest):
         scorer = service.ready_scorer()
         text = body.text if body.text is not None else join_prompt_response(body.prompt, body.response)
@@ -142,7 +160,24 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
         finally:
             service.open_streams -= 1
 
+    _document_400_not_422(app)
     return app
+
+
+def _document_400_not_422(app: FastAPI) -> None:
+    """FastAPI documents a 422 for every body; the service answers invalid bodies with 400 (documented instead)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        schema = build()  # cached by FastAPI after the first call; the edit below is idempotent
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+
+    app.openapi = openapi
 
 
 async def _stream_session(websocket: WebSocket, scorer: Scorer, settings: ServeSettings) -> None:
@@ -155,7 +190,7 @@ async def _stream_session(websocket: WebSocket, scorer: Scorer, settings: ServeS
             await _ws_fail(websocket, WS_TOO_BIG, f"prompt: {len(start.prompt)} characters, over the limit of {settings.max_chars}")
             return
         session = await scorer.open_stream(start.prompt, start.threshold)
-        inbox: asyncio.Queue[str | None] = asyncio.Queue(maxsize=MAX_COALESCED_CHUNKS)
+        inbox: "asyncio.Queue[str | _BinaryFrame | None]" = asyncio.Queue(maxsize=MAX_COALESCED_CHUNKS)
         pump = asyncio.create_task(_pump(websocket, inbox))
         try:
             await _answer_chunks(websocket, session, inbox, settings)
@@ -167,19 +202,19 @@ async def _stream_session(websocket: WebSocket, scorer: Scorer, settings: ServeS
         return
 
 
-async def _pump(websocket: WebSocket, inbox: "asyncio.Queue[str | None]") -> None:
+async def _pump(websocket: WebSocket, inbox: "asyncio.Queue[str | _BinaryFrame | None]") -> None:
     """Each message as it arrives, so that those sent while a feed is scored wait together; None once disconnected.
 
     The bounded queue keeps the back-pressure of reading one message at a time.
     """
     try:
         while True:
-            await inbox.put(await websocket.receive_text())
+            await inbox.put(await _receive_text(websocket))
     except (WebSocketDisconnect, RuntimeError):  # RuntimeError: the socket is already closed
         await inbox.put(None)
 
 
-async def _answer_chunks(websocket: WebSocket, session, inbox: "asyncio.Queue[str | None]", settings: ServeSettings) -> None:
+async def _answer_chunks(websocket: WebSocket, session, inbox: "asyncio.Queue[str | _BinaryFrame | None]", settings: ServeSettings) -> None:
     """Answer every chunk with its score, in order; chunks waiting together are scored in one feed."""
     index = 0
     response_chars = 0
@@ -211,6 +246,8 @@ async def _answer_chunks(websocket: WebSocket, session, inbox: "asyncio.Queue[st
             for result in await session.feed_many(chunks):
                 await websocket.send_json({"index": index, "flagged": result.is_harmful, **result.to_dict()})
                 index += 1
+        if session.timed_out:
+            failure = (WS_TRY_AGAIN_LATER, f"no score within {settings.request_timeout_s:g} s; stream closed, open a new one")
         if failure is not None:
             await _ws_fail(websocket, *failure)
         if failure is not None or disconnected:
@@ -220,7 +257,7 @@ async def _answer_chunks(websocket: WebSocket, session, inbox: "asyncio.Queue[st
 async def _ws_receive(websocket: WebSocket, model, settings: ServeSettings):
     """The next message parsed as ``model``; None (after closing with the reason) when it is invalid or late."""
     try:
-        text = await asyncio.wait_for(websocket.receive_text(), settings.stream_idle_timeout_s)
+        text = await asyncio.wait_for(_receive_text(websocket), settings.stream_idle_timeout_s)
     except TimeoutError:
         await _ws_fail(websocket, WS_POLICY_VIOLATION, f"no message for {settings.stream_idle_timeout_s:g} s; stream closed")
         return None
@@ -231,8 +268,27 @@ async def _ws_receive(websocket: WebSocket, model, settings: ServeSettings):
     return parsed
 
 
-def _parse_message(text: str, model):
+class _BinaryFrame:
+    """Stands for a binary WebSocket frame: the protocol is JSON in text frames, so parsing refuses it."""
+
+
+BINARY_FRAME = _BinaryFrame()
+
+
+async def _receive_text(websocket: WebSocket) -> "str | _BinaryFrame":
+    """The next text message, or ``BINARY_FRAME`` for a binary one; a close raises WebSocketDisconnect."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+    if message.get("text") is not None:
+        return message["text"]
+    return BINARY_FRAME
+
+
+def _parse_message(text: "str | _BinaryFrame", model):
     """``text`` parsed as ``model``, or why it cannot be."""
+    if text is BINARY_FRAME:
+        return "binary frames are not supported: send JSON in text frames"
     try:
         return model.model_validate(json.loads(text))
     except json.JSONDecodeError as error:

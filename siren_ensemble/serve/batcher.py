@@ -6,14 +6,21 @@ goes to one ``score_batch`` call on the model thread (a single worker: the model
 across threads), which itself splits it into forward passes capped by the config's
 ``batching.max_tokens``. While the model runs, new requests queue up and form the next batch.
 A batch that raises is scored again request by request, so an error reaches only the request that caused it.
+
+Work nobody waits for is dropped, never queued in front of live requests: a request abandoned while
+queued (its caller timed out or went away) is skipped when the next batch is gathered, and one
+abandoned while its batch runs has its remaining forward passes skipped (``score_batch`` is handed
+``abandoned(row)``, asked before each pass). Only the pass already running when it was abandoned
+finishes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
 T = TypeVar("T")
@@ -24,10 +31,16 @@ R = TypeVar("R")
 class _Pending:
     texts: list[str]
     future: asyncio.Future
+    #: Set (on the event loop) once nobody waits for the answer; read by the model thread between passes.
+    abandoned: threading.Event = field(default_factory=threading.Event)
+
+
+#: ``score_batch(texts, abandoned=...)``: ``abandoned(row)`` is true once nobody waits for text ``row``.
+ScoreBatch = Callable[..., Sequence[Any]]
 
 
 class MicroBatcher:
-    def __init__(self, score_batch: Callable[[list[str]], Sequence[Any]], *, max_wait_s: float, max_texts: int,
+    def __init__(self, score_batch: ScoreBatch, *, max_wait_s: float, max_texts: int,
                  max_chars: int, on_batch: Callable[[int], None] = lambda size: None,
                  thread_initializer: Callable[[], None] | None = None):
         self._score_batch = score_batch
@@ -51,9 +64,11 @@ class MicroBatcher:
 
     async def score(self, texts: list[str]) -> list[Any]:
         """One result per text, in order; raises whatever ``score_batch`` raised for the batch."""
-        future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(list(texts), future))
-        return await future
+        pending = _Pending(list(texts), asyncio.get_running_loop().create_future())
+        # Cancelled with the caller (a timeout cancels the await below, and with it the future).
+        pending.future.add_done_callback(lambda future: future.cancelled() and pending.abandoned.set())
+        await self._queue.put(pending)
+        return await pending.future
 
     async def run_on_model_thread(self, function: Callable[..., R], *args) -> R:
         """Run other model work (e.g. a streaming feed) on the same thread, in turn with the batches."""
@@ -66,8 +81,9 @@ class MicroBatcher:
                 await self._score(batch)
 
     async def _gather(self) -> list[_Pending]:
-        first = self._carried or await self._queue.get()
-        self._carried = None
+        first, self._carried = self._carried, None
+        while first is None or first.future.done():  # requests abandoned while queued are dropped here
+            first = await self._queue.get()
         batch, texts, chars = [first], len(first.texts), _chars(first)
         deadline = time.monotonic() + self._max_wait_s
         while texts < self._max_texts and chars < self._max_chars:
@@ -81,23 +97,31 @@ class MicroBatcher:
                     pending = await asyncio.wait_for(self._queue.get(), remaining)
                 except TimeoutError:
                     break
+            if pending.future.done():
+                continue  # abandoned while queued: it takes no room in the batch
             if texts + len(pending.texts) > self._max_texts or chars + _chars(pending) > self._max_chars:
                 self._carried = pending  # it opens the next batch
                 break
             batch.append(pending)
             texts += len(pending.texts)
             chars += _chars(pending)
-        return [pending for pending in batch if not pending.future.done()]  # drop requests that timed out
+        return [pending for pending in batch if not pending.future.done()]  # abandoned while the batch gathered
 
     async def _score(self, batch: list[_Pending]) -> None:
         texts = [text for pending in batch for text in pending.texts]
+        owners = [pending.abandoned for pending in batch for _ in pending.texts]
         self._on_batch(len(texts))
+
+        def abandoned(row: int) -> bool:
+            return owners[row].is_set()
+
         try:
-            results = await self.run_on_model_thread(self._score_batch, texts)
+            results = await self.run_on_model_thread(lambda: self._score_batch(texts, abandoned=abandoned))
         except Exception as error:
             if len(batch) > 1:  # one request's text must not fail the requests it was gathered with
                 for pending in batch:
-                    await self._score([pending])
+                    if not pending.future.done():
+                        await self._score([pending])
                 return
             for pending in batch:
                 if not pending.future.done():

@@ -1,4 +1,4 @@
-"""ASGI middleware: the request body size limit, and per-endpoint request metrics."""
+"""ASGI middleware: the request header and body size limits, and per-endpoint request metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +9,32 @@ from starlette.exceptions import HTTPException
 
 from .metrics import ServiceMetrics
 from .schemas import error_body
+
+
+class HeaderSizeLimit:
+    """431 for a request whose target and headers exceed ``max_bytes`` (a WebSocket handshake is refused).
+
+    The server's h11 limit bounds headers still arriving; headers that arrive in one piece are checked here.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        size += sum(len(name) + len(value) + 4 for name, value in scope["headers"])  # ": " and CRLF
+        if size <= self.max_bytes:
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1009})
+            return
+        body = json.dumps(error_body(f"request headers larger than the limit of {self.max_bytes} bytes")).encode()
+        await send({"type": "http.response.start", "status": 431,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 class BodySizeLimit:

@@ -115,6 +115,19 @@ def moderation_result(result: EnsembleResult) -> ModerationResult:
     )
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the service answers, in OpenAI's shape (``error_body``)."""
+
+    error: ErrorDetail
+
+
 def error_body(message: str, error_type: str = "invalid_request_error", param: str | None = None) -> dict[str, Any]:
     """OpenAI's error shape, so its clients raise their usual exceptions with our message."""
     return {"error": {"message": message, "type": error_type, "param": param, "code": None}}

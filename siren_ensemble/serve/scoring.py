@@ -29,13 +29,16 @@ class Scorer:
         self.metrics = metrics
         self.fail_open = ensemble.config.on_member_error == "fail_open"
         self.batcher = MicroBatcher(
-            ensemble.score_batch, max_wait_s=settings.batch_wait_ms / 1000, max_texts=settings.batch_max_texts,
+            self._score_batch, max_wait_s=settings.batch_wait_ms / 1000, max_texts=settings.batch_max_texts,
             max_chars=settings.batch_max_chars, on_batch=metrics.batch_texts.observe,
             thread_initializer=_torch_threads(settings.torch_threads),
         )
 
     def start(self) -> None:
         self.batcher.start()
+
+    def _score_batch(self, texts: list[str], abandoned) -> list[EnsembleResult]:
+        return self.ensemble.score_batch(texts, abandoned=abandoned)
 
     async def stop(self) -> None:
         await self.batcher.stop()
@@ -68,12 +71,18 @@ class Scorer:
 
 
 class ScoredStream:
-    """A streaming session: each chunk is fed on the model thread, bounded by the request timeout."""
+    """A streaming session: each chunk is fed on the model thread, bounded by the request timeout.
+
+    A feed that times out is answered by the failure policy and ends the stream (``timed_out``): the
+    feed is dropped if it had not started, so the stream's state no longer matches the client's text,
+    and a client that gave up on it would otherwise queue more work behind it.
+    """
 
     def __init__(self, scorer: Scorer, stream, threshold: float):
         self._scorer = scorer
         self._stream = stream
         self._threshold = threshold
+        self.timed_out = False
 
     async def feed(self, chunk: str) -> EnsembleResult:
         return (await self.feed_many([chunk]))[0]
@@ -85,6 +94,7 @@ class ScoredStream:
             results = await asyncio.wait_for(scorer.batcher.run_on_model_thread(self._stream.feed_many, chunks),
                                              scorer.settings.request_timeout_s)
         except Exception as error:
+            self.timed_out = isinstance(error, TimeoutError)
             reason = _reason(error, scorer.settings)
             results = [scorer.policy_result(reason, self._threshold) for _ in chunks]
         scorer.metrics.record_verdicts(results)
