@@ -133,4 +133,6 @@ def test_one_member_raising_nan_and_hanging_under_load_fails_exactly_the_affecte
                 assert result["flagged"] is alone[text].is_harmful
                 counts["real"] += 1
     print("chaos:", counts, "texts:", sum(len(request) for request in requests))
-    assert counts["real"] > counts["timeout"] and counts["member b"] > 0
+    # How many requests a hang catches depends on timing; each kind must occur, and nothing is lost (above).
+    assert sum(counts.values()) == sum(len(request) for request in requests)
+    assert counts["real"] > 0 and counts["member b"] > 0 and counts["timeout"] > 0
