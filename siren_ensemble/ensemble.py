@@ -11,7 +11,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -206,51 +206,64 @@ class Ensemble:
 
     def _member_scores(self, texts: list[str], progress: bool, abandoned: Callable[[int], bool] | None = None) -> _MemberScores:
         """Member scores, stage by stage: a stage's members run only on the texts earlier stages left undecided."""
-        cleaned, rejected = _clean_each(texts)
-        scores = np.full((len(texts), len(self.plans)), np.nan)
-        truncated = np.zeros(len(texts), dtype=bool)
-        errors: list[dict[str, str]] = [{} for _ in texts]
-        for row, reason in enumerate(rejected):
-            if reason is not None:
-                _record_failure(errors, [row], self.member_names, reason)
-        live = [row for row, text in enumerate(cleaned) if text is not None]
+        cleaned, state, live = self._start(texts)
         with tqdm(total=0, desc="scoring", unit="batch", disable=not progress, leave=False) as bar:
             for stage, passes in enumerate(self._stage_passes):
-                if stage:
-                    # The one decision path says which texts are still undecided after the stages run so far.
-                    going_on = self.decision.decide(scores, self._failed_members(errors), through=stage).pending
-                    live = [row for row in live if going_on[row]]
+                live = self._undecided(stage, live, state)
                 if not live:
                     break
                 if abandoned is not None:  # not even tokenised
                     gone = {row for row in live if abandoned(row)}
-                    _record_failure(errors, sorted(gone), self.member_names, ABANDONED)
+                    _record_failure(state.errors, sorted(gone), self.member_names, ABANDONED)
                     live = [row for row in live if row not in gone]
                     if not live:
                         break
-                work = self._plan_work([shared for _, shared in passes], cleaned, live, truncated, errors)
+                work = self._plan_work([shared for _, shared in passes], cleaned, live, state)
                 bar.total += len(work)
                 bar.refresh()
-                self._run_work(work, scores, errors, bar, abandoned)
-        return _MemberScores(scores, truncated, errors, rejected)
+                self._run_work(work, state.scores, state.errors, bar, abandoned)
+        return state
 
-    def _plan_work(self, passes: list[_SharedPass], cleaned: list[str | None], live: list[int], truncated: np.ndarray,
-                   errors: list[dict[str, str]]) -> list[tuple[_SharedPass, list[int], list[list[int]]]]:
+    def _start(self, texts: list[str]) -> tuple[list[str | None], _MemberScores, list[int]]:
+        """The cleaned texts, empty member scores (a text that failed cleaning recorded as failed for every
+        member), and the rows left to score."""
+        cleaned, rejected = _clean_each(texts)
+        state = _MemberScores(np.full((len(texts), len(self.plans)), np.nan), np.zeros(len(texts), dtype=bool),
+                              [{} for _ in texts], rejected)
+        for row, reason in enumerate(rejected):
+            if reason is not None:
+                _record_failure(state.errors, [row], self.member_names, reason)
+        return cleaned, state, [row for row, text in enumerate(cleaned) if text is not None]
+
+    def _undecided(self, stage: int, live: list[int], state: _MemberScores) -> list[int]:
+        """The ``live`` rows the one decision path leaves undecided after the stages before ``stage``."""
+        if not stage:
+            return live
+        going_on = self.decision.decide(state.scores, self._failed_members(state.errors), through=stage).pending
+        return [row for row in live if going_on[row]]
+
+    def _encoded(self, shared: _SharedPass, cleaned: list[str | None], live: list[int],
+                 state: _MemberScores) -> Iterator[tuple[int, list[list[int]]]]:
+        """(row, token windows) of each ``live`` text ``shared`` encodes; failures and truncation recorded."""
+        for row, encoded in zip(live, shared.encode_each([cleaned[row] for row in live])):
+            if isinstance(encoded, str):
+                _record_failure(state.errors, [row], self._names(shared), encoded)
+                continue
+            windows, cut = encoded
+            state.truncated[row] |= cut
+            yield row, windows
+
+    def _plan_work(self, passes: list[_SharedPass], cleaned: list[str | None], live: list[int],
+                   state: _MemberScores) -> list[tuple[_SharedPass, list[int], list[list[int]]]]:
         """Batches of (pass, row of each sequence, token ids) for the ``live`` texts."""
         work = []
-        batching = self.config.batching
         for shared in passes:
             # One row per window; a text that fits (or is truncated) is a single window.
             rows, sequences = [], []
-            for row, encoded in zip(live, shared.encode_each([cleaned[row] for row in live])):
-                if isinstance(encoded, str):
-                    _record_failure(errors, [row], self._names(shared), encoded)
-                    continue
-                windows, cut = encoded
-                truncated[row] |= cut
+            for row, windows in self._encoded(shared, cleaned, live, state):
                 rows += [row] * len(windows)
                 sequences += windows
-            for batch in _plan(batching, [len(ids) for ids in sequences]):
+            for batch in _plan(self.config.batching, [len(ids) for ids in sequences]):
                 work.append((shared, [rows[i] for i in batch], [sequences[i] for i in batch]))
         return work
 
@@ -301,37 +314,23 @@ class Ensemble:
     def _score_stream(self, texts: list[str], streams: list[PassStream], threshold: float) -> list[EnsembleResult]:
         """Score a stream's text after each of its new chunks (``texts``, each extending the one before),
         stage by stage like ``score_batch``."""
-        cleaned, rejected = _clean_each(texts)
-        scores = np.full((len(texts), len(self.plans)), np.nan)
-        truncated = np.zeros(len(texts), dtype=bool)
-        errors: list[dict[str, str]] = [{} for _ in texts]
-        for row, reason in enumerate(rejected):
-            if reason is not None:
-                _record_failure(errors, [row], self.member_names, reason)
-        live = [row for row, text in enumerate(cleaned) if text is not None]
+        cleaned, state, live = self._start(texts)
         with self._lock:
             for stage, passes in enumerate(self._stage_passes):
-                if stage:
-                    # A pass whose members wait for a later stage keeps its cache; it catches up when next needed.
-                    going_on = self.decision.decide(scores, self._failed_members(errors), through=stage).pending
-                    live = [row for row in live if going_on[row]]
+                # A pass whose members wait for a later stage keeps its cache; it catches up when next needed.
+                live = self._undecided(stage, live, state)
                 if not live:
                     break
                 for index, shared in passes:
-                    self._stream_pass(streams[index], shared, cleaned, live, scores, truncated, errors)
-        return self._combine(_MemberScores(scores, truncated, errors, rejected), threshold)
+                    self._stream_pass(streams[index], shared, cleaned, live, state)
+        return self._combine(state, threshold)
 
     def _stream_pass(self, stream: PassStream, shared: _SharedPass, cleaned: list[str | None], live: list[int],
-                     scores: np.ndarray, truncated: np.ndarray, errors: list[dict[str, str]]) -> None:
+                     state: _MemberScores) -> None:
         """Score ``shared``'s members on the stream's texts ``live`` through the stream's cached pass."""
         rows, sequences = [], []  # advanced incrementally
         afresh_rows, afresh = [], []  # scored as score_batch scores them: encoders, and sliding windows
-        for row, encoded in zip(live, shared.encode_each([cleaned[row] for row in live])):
-            if isinstance(encoded, str):
-                _record_failure(errors, [row], self._names(shared), encoded)
-                continue
-            windows, truncated_here = encoded
-            truncated[row] |= truncated_here
+        for row, windows in self._encoded(shared, cleaned, live, state):
             if len(windows) > 1 or not stream.incremental:
                 afresh_rows += [row] * len(windows)
                 afresh += windows
@@ -339,16 +338,17 @@ class Ensemble:
                 rows.append(row)
                 sequences.append(windows[0])
         for batch in _plan(self.config.batching, [len(ids) for ids in afresh]):
-            self._run_pass(shared, [afresh_rows[i] for i in batch], [afresh[i] for i in batch], scores, errors)
+            self._run_pass(shared, [afresh_rows[i] for i in batch], [afresh[i] for i in batch], state.scores,
+                           state.errors)
         if not rows:
             return
         try:
             pooled = stream.pooled(sequences)
         except Exception as error:  # fail closed; the next feed starts this pass over
             stream.reset()
-            self._record_forward_failure(shared, rows, error, errors)
+            self._record_forward_failure(shared, rows, error, state.errors)
             return
-        self._score_heads(shared, rows, pooled, scores, errors)
+        self._score_heads(shared, rows, pooled, state.scores, state.errors)
 
     def _run_pass(self, shared: _SharedPass, batch: list[int], sequences, scores: np.ndarray, errors) -> None:
         try:
