@@ -15,9 +15,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +24,10 @@ from pathlib import Path
 
 import httpx
 
-HOST = "127.0.0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from local_server import HOST, free_port, start_server  # noqa: E402
+
 MAX_DURATION_S = 120
 TEXTS = [
     "How do I bake bread at home?",
@@ -67,31 +68,6 @@ def build_config(directory: Path, smollm2: bool) -> Path:
     config = directory / "ensemble.yaml"
     config.write_text(f"members:\n  - name: smol\n    backbone: llama3\n    gguf_file: {gguf}\n    head: head\n")
     return config
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
-def start_server(config: Path, port: int, extra: list[str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "siren_ensemble", "serve", "--config", str(config), "--host", HOST,
-               "--port", str(port), "--log-level", "warning", *extra]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
-    while True:
-        if process.poll() is not None:
-            sys.exit(f"server exited: {process.stderr.read().decode()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            sys.exit("server did not become ready in 180 s")
-        try:
-            if httpx.get(f"http://{HOST}:{port}/readyz").status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
 
 
 async def run_clients(base: str, clients: int, duration_s: float, max_requests: int) -> Outcome:
@@ -167,7 +143,10 @@ def main() -> None:
         for mode, extra in MODES.items():
             port = free_port()
             base = f"http://{HOST}:{port}"
-            server = start_server(config, port, [*extra, "--torch-threads", str(args.torch_threads)])
+            try:
+                server = start_server(config, port, [*extra, "--torch-threads", str(args.torch_threads)], 180)
+            except RuntimeError as error:
+                sys.exit(str(error))
             try:
                 before = batch_stats(base)
                 outcome = asyncio.run(run_clients(base, args.clients, duration, args.max_requests))

@@ -26,7 +26,6 @@ import asyncio
 import gc
 import json
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,10 @@ from pathlib import Path
 
 import httpx
 
-HOST = "127.0.0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from local_server import HOST, free_port, start_server  # noqa: E402
+
 MAX_DURATION_S = 3600
 
 PROMPTS = [
@@ -127,31 +129,6 @@ def score_alone(config: str, keys: set[tuple[str, str | None]]) -> dict[tuple[st
     del ensemble
     gc.collect()
     return reference
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
-def start_server(config: str, port: int, options: list[str], ready_timeout_s: float = 600) -> subprocess.Popen:
-    command = [sys.executable, "-m", "siren_ensemble", "serve", "--config", str(config), "--host", HOST,
-               "--port", str(port), "--log-level", "warning", *options]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + ready_timeout_s
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read().decode()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"server not ready in {ready_timeout_s:g} s")
-        try:
-            if httpx.get(f"http://{HOST}:{port}/readyz").status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
 
 
 class Checker:
@@ -262,7 +239,7 @@ def run(config: str, requests: int = 2000, concurrency: int = 32, duration_s: fl
     reference_s = time.perf_counter() - reference_started
     port = free_port()
     # Room for every client to hold a stream; the rest of the limits are the service's defaults.
-    server = start_server(config, port, ["--max-streams", str(concurrency), *server_options])
+    server = start_server(config, port, ["--max-streams", str(concurrency), *server_options], ready_timeout_s=600)
     outcome = Outcome()
     try:
         wall_s = asyncio.run(run_load(f"http://{HOST}:{port}", work, Checker(reference, tolerance, outcome),
