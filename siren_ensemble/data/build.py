@@ -10,7 +10,7 @@ from typing import Sequence
 
 from ..errors import InputError
 from . import defaults
-from .dedupe import DedupeReport, deduplicate
+from .dedupe import DedupeReport, deduplicate, new_records
 from .manifest import build_manifest, write_manifest
 from .normalize import normalize_record, record_key
 from .packages import DATA_PACKAGES, package_root
@@ -130,14 +130,7 @@ def _refusals(records: Sequence[SafetyRecord], options: BuildOptions) -> list[Sa
     """Templated refusals for (a seeded sample of) the kept harmful prompts, skipping any repeat."""
     harmful = [r for r in records if r.level == "prompt" and r.label == 1]
     harmful.sort(key=lambda r: unit_hash(options.seed, "refuse", record_key(r)))
-    seen = {record_key(r) for r in records}
-    refusals = []
-    for record in templated_refusals(harmful[: options.max_per_source], options.seed):
-        key = record_key(record)
-        if key not in seen:
-            seen.add(key)
-            refusals.append(record)
-    return refusals
+    return new_records(records, templated_refusals(harmful[: options.max_per_source], options.seed))
 
 
 def write_split_dir(dataset: BuiltDataset, out: str | Path) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from .normalize import record_key
 from .records import SafetyRecord
@@ -45,3 +45,15 @@ def deduplicate(records: Sequence[SafetyRecord]) -> tuple[list[SafetyRecord], De
             seen.add(key)
             kept.append(record)
     return kept, report
+
+
+def new_records(existing: Iterable[SafetyRecord], candidates: Iterable[SafetyRecord]) -> list[SafetyRecord]:
+    """The ``candidates`` whose text is neither in ``existing`` nor in an earlier candidate, in order."""
+    seen = {record_key(record) for record in existing}
+    kept = []
+    for record in candidates:
+        key = record_key(record)
+        if key not in seen:
+            seen.add(key)
+            kept.append(record)
+    return kept

@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import Iterable, Iterator, Sequence
 
 from .forms import IMPERATIVE_VERBS
-from .normalize import record_key
+from .dedupe import new_records
 from .records import SafetyRecord
 
 REPHRASED_SOURCE = "rephrased_requests"
@@ -134,15 +134,9 @@ def short_instructions(records: Sequence[SafetyRecord], limit: int, seed: int) -
 
 def hard_cases(records: Sequence[SafetyRecord], per_set: int, seed: int) -> list[SafetyRecord]:
     """All three sets, skipping any text already in ``records`` (or generated twice)."""
-    seen = {record_key(record) for record in records}
-    generated = []
-    for record in (*rephrased_requests(records, per_set, seed), *defensive_questions(records, per_set, seed),
-                   *short_instructions(records, per_set, seed)):
-        key = record_key(record)
-        if key not in seen:
-            seen.add(key)
-            generated.append(record)
-    return generated
+    generated = (*rephrased_requests(records, per_set, seed), *defensive_questions(records, per_set, seed),
+                 *short_instructions(records, per_set, seed))
+    return new_records(records, generated)
 
 
 def _prompts(records: Iterable[SafetyRecord], label: int) -> list[SafetyRecord]:
