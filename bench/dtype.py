@@ -1,12 +1,13 @@
-"""float32 vs bfloat16 for an ensemble (default: the packaged one): speed, and what the dtype does to scores and decisions.
+"""float32 against other dtypes (bfloat16, int8) for an ensemble (default: the packaged one): speed, and what
+the dtype does to scores and decisions.
 
-    .venv/bin/python bench/dtype.py --data SPLIT_DIR [--config CONFIG] [--count 96] [--repeats 2] [--threads 1]
+    .venv/bin/python bench/dtype.py --data SPLIT_DIR [--config CONFIG] [--dtypes bfloat16,int8] [--count 96] [--repeats 2] [--threads 1]
 
-Both dtypes load the same converted weights (bf16 on disk) and score the same test texts, in
-alternating rounds. Reported: the time ratio, each member's largest score change, the decisions
-that flip at the configured thresholds, and F1 and AUROC on the texts under each dtype: heads
-trained on bf16 features read in float32, or heads trained on float32 features read in bf16.
-`--repeats 0` skips the timing.
+Every dtype loads the same converted weights (bf16 on disk) and scores the same test texts, in
+alternating rounds. Reported per compared dtype: the time ratio to float32, each member's largest
+score change against float32, the decisions that flip at the configured thresholds, and F1 and
+AUROC on the texts under both: heads trained on bf16 features read in float32, or heads trained on
+float32 features read in bf16. `--repeats 0` skips the timing.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from siren_ensemble.config import EnsembleConfig
 from siren_ensemble.data.records import read_dataset
 from siren_ensemble.default_ensemble import DEFAULT_CONFIG
 from siren_ensemble.evaluation.metrics import binary_metrics
+
+REFERENCE = "float32"
 
 
 def ensemble_in(config: Path, dtype: str) -> Ensemble:
@@ -41,33 +44,42 @@ def spread(records: list, count: int) -> list:
 def run(_workdir: Path, args: argparse.Namespace) -> list[str]:
     records = spread(read_dataset(args.data, "test"), args.count)
     texts, labels = [r.scored_text for r in records], [r.label for r in records]
-    ensembles = {dtype: ensemble_in(args.config, dtype) for dtype in ("float32", "bfloat16")}
+    compared = [dtype for dtype in args.dtypes if dtype != REFERENCE]
+    ensembles = {dtype: ensemble_in(args.config, dtype) for dtype in (REFERENCE, *compared)}
     results = {dtype: ensemble.score_batch(texts) for dtype, ensemble in ensembles.items()}
-    full, half = results["float32"], results["bfloat16"]
-    rows = ["| scorer | max abs score change | decisions flipped | F1 float32 | F1 bfloat16 | AUROC float32 | AUROC bfloat16 |",
+    lines = [f"{len(texts)} test texts of {args.data} with {args.config}", ""]
+    if args.repeats:
+        times = interleaved_best_times({dtype: (lambda e=ensemble: e.score_batch(texts)) for dtype, ensemble in ensembles.items()},
+                                       repeats=args.repeats)
+        lines += [f"{dtype}: {times[dtype]:.1f} s" + ("" if dtype == REFERENCE else
+                  f" ({times[dtype] / times[REFERENCE]:.2f}x the {REFERENCE} time, {times[REFERENCE] / times[dtype]:.2f}x its speed)")
+                  for dtype in ensembles] + [""]
+    for dtype in compared:
+        lines += [f"{dtype} against {REFERENCE}:", "", *drift_rows(ensembles[REFERENCE], results[REFERENCE], results[dtype], labels, dtype), ""]
+    return lines
+
+
+def drift_rows(reference: Ensemble, full: list, other: list, labels: list[int], dtype: str) -> list[str]:
+    """Per member and for the ensemble: largest score change, flipped decisions, F1 and AUROC under both dtypes."""
+    rows = [f"| scorer | max abs score change | decisions flipped | F1 {REFERENCE} | F1 {dtype} | AUROC {REFERENCE} | AUROC {dtype} |",
             "|---|---|---|---|---|---|---|"]
-    members = list(full[0].members)
-    threshold = {plan.name: plan.threshold for plan in ensembles["float32"].plans}
-    for name in members + ["ensemble"]:
+    threshold = {plan.name: plan.threshold for plan in reference.plans}
+    for name in list(full[0].members) + ["ensemble"]:
         pick = (lambda r: r.score) if name == "ensemble" else (lambda r, n=name: r.members[n])
-        cut = ensembles["float32"].threshold if name == "ensemble" else threshold[name]
-        a, b = [pick(r) for r in full], [pick(r) for r in half]
+        cut = reference.threshold if name == "ensemble" else threshold[name]
+        a, b = [pick(r) for r in full], [pick(r) for r in other]
         flipped = sum((x >= cut) != (y >= cut) for x, y in zip(a, b))
-        fp32, bf16 = binary_metrics(labels, a, cut), binary_metrics(labels, b, cut)
+        before, after = binary_metrics(labels, a, cut), binary_metrics(labels, b, cut)
         rows.append(f"| {name} | {max(abs(x - y) for x, y in zip(a, b)):.4f} | {flipped}/{len(a)} | "
-                    f"{fp32.f1:.3f} | {bf16.f1:.3f} | {fp32.auroc:.3f} | {bf16.auroc:.3f} |")
-    if not args.repeats:
-        return [f"{len(texts)} test texts of {args.data} with {args.config}", "", *rows]
-    times = interleaved_best_times({dtype: (lambda e=ensemble: e.score_batch(texts)) for dtype, ensemble in ensembles.items()},
-                                   repeats=args.repeats)
-    speed = (f"{len(texts)} test texts: float32 {times['float32']:.1f} s, bfloat16 {times['bfloat16']:.1f} s "
-             f"(bf16 takes {times['bfloat16'] / times['float32']:.2f}x the fp32 time)")
-    return [speed, "", *rows]
+                    f"{before.f1:.3f} | {after.f1:.3f} | {before.auroc:.3f} | {after.auroc:.3f} |")
+    return rows
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="split directory (its test split is scored)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="ensemble config (default: the packaged one)")
+    parser.add_argument("--dtypes", type=lambda value: value.split(","), default=["bfloat16"],
+                        help="dtypes compared with float32, comma-separated (bfloat16, float16, int8)")
     parser.add_argument("--count", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=2)
 
