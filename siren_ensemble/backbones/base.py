@@ -6,22 +6,19 @@ depends on the architecture lives here, so heads and the forward pass stay gener
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
-from unittest import mock
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import gguf_cache
 from ..errors import ArtifactError, ConfigError
 from ..precision import INT8, check_int8_device, quantize_linear_layers
+from ..quiet_loading import quiet_transformers
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: The dtype the weights load in, per member dtype: int8 loads float32 and quantises the linear layers after.
@@ -231,30 +228,6 @@ def _get_path(root: nn.Module, dotted: str):
         if current is None:
             return None
     return current
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Hide load reports (e.g. the unused LM head) and progress bars while loading; restore after.
-
-    The GGUF de-quantisation bar (plain tqdm inside transformers) stays on a terminal, where a
-    minute-long conversion deserves one, and goes quiet when stderr is a file or a pipe.
-    """
-    from transformers import modeling_gguf_pytorch_utils as gguf_utils
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars_were_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    gguf_bar = functools.partial(tqdm, disable=not sys.stderr.isatty(), leave=False)
-    try:
-        with mock.patch.object(gguf_utils, "tqdm", gguf_bar):
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars_were_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _download_gguf(spec: BackboneSpec) -> str:
