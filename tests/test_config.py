@@ -122,7 +122,7 @@ def test_wrong_backbone_for_the_model(tiny_models, write_head, write_config):
 
 
 def test_hub_ids_are_not_mistaken_for_paths(tmp_path):
-    from siren_ensemble.config import is_local
+    from siren_ensemble.weights import is_local
 
     assert not is_local("UofTCSSLab/SIREN-Qwen3-4B", tmp_path)
     assert not is_local("gpt2", tmp_path)

@@ -14,7 +14,7 @@ from siren_ensemble import ArtifactError, ConfigError, gguf_cache
 from siren_ensemble.config import load_config
 from siren_ensemble.cli import cli
 from siren_ensemble.members import adapter_for, adapter_of_member, plan_members
-from siren_ensemble.packaged import resolve_packaged
+from siren_ensemble.weights import resolve_packaged
 
 
 @pytest.fixture
