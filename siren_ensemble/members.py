@@ -6,6 +6,7 @@ to load one backbone per distinct spec.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from .config import CombinerConfig, EnsembleConfig, MemberConfig
 from .errors import ConfigError, SirenError
 from .head import CONFIG_FILE, WEIGHTS_FILE, SirenHead
 from .precision import DtypeChoice, resolve
-from .weights import head_directory, settle_model
+from .weights import ResolvedWeights, head_directory, resolve_weights, settle_model
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class MemberPlan:
     @property
     def where(self) -> str:
         return f"members[{self.index}]"
+
+    @functools.cached_property
+    def backbone_weights(self) -> ResolvedWeights:
+        """The backbone's weights, resolved (fetched, verified, converted) once, on first use."""
+        return resolve_weights(self.spec.weights)
 
 
 def plan_members(config: EnsembleConfig) -> list[MemberPlan]:
@@ -111,7 +117,7 @@ def check_heads_against_backbones(plans: list[MemberPlan], remote_code: bool = T
             continue
         try:
             if plan.spec not in depth_and_width:
-                model_config = plan.adapter.load_config()
+                model_config = plan.adapter.load_config(plan.backbone_weights)
                 depth_and_width[plan.spec] = (plan.adapter.num_layers(model_config), plan.adapter.hidden_size(model_config))
             plan.head.check_backbone(*depth_and_width[plan.spec])
         except SirenError as error:

@@ -1,8 +1,11 @@
 """What a member's weight references mean: ``model``, ``gguf_file``, ``sha256``, ``revision``, ``head`` and ``pkg:``.
 
-Planning *settles* a reference (``settle_model``, ``head_directory``): relative paths against the
-config's directory, ``pkg:`` files found in installed packages, GGUF parts listed, a missing file
-named with its field path; nothing is hashed or downloaded.
+Two steps, both here. Planning *settles* a reference (``settle_model``, ``head_directory``): relative
+paths against the config's directory, ``pkg:`` files found in installed packages, GGUF parts listed,
+a missing file named with its field path; nothing is hashed or downloaded. Loading *resolves* it
+(``resolve_weights``): a GGUF in a hub repository is fetched, every GGUF is checked against its pinned sha256
+and converted once (``gguf_cache``), a directory of pickled weights is refused. Adapters receive the
+``ResolvedWeights`` and only load it.
 """
 
 from __future__ import annotations
@@ -11,12 +14,17 @@ import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Any, Literal, Sequence
 
+from . import gguf_cache
 from .errors import ArtifactError, ConfigError
 
 PACKAGE_PREFIX = "pkg:"
+#: Weight files that are pickles: loading one can run code, so a directory holding only these is refused.
+PICKLED_WEIGHT_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+WeightKind = Literal["local-dir", "hub", "gguf-converted"]
 
 
 # ---- what a reference is -------------------------------------------------------------------------
@@ -163,3 +171,61 @@ def _local_file(reference: str, base_dir: Path, where: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"{where}: {path} does not exist")
     return path
+
+
+# ---- loading: resolve a settled reference into weights ready for from_pretrained ----------------
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Weights an adapter can load as they are: checked, and for a GGUF verified and converted."""
+
+    kind: WeightKind
+    #: What from_pretrained reads: a local directory (local-dir, gguf-converted) or a hub id (hub).
+    location: str
+    #: Passed on to from_pretrained (the hub pins it, a directory ignores it); a converted GGUF has none.
+    revision: str | None = None
+    #: gguf-converted: the sha256 the GGUF file(s) hashed to (equal to the pin when the config gives one).
+    sha256: str | None = None
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        """Which version of ``location`` to read, for every from_pretrained call (config, tokenizer, model)."""
+        return {"revision": self.revision} if self.revision else {}
+
+
+def resolve_weights(reference: WeightReference) -> ResolvedWeights:
+    """``reference`` made loadable: a GGUF fetched, sha256-checked and converted; a pickle-only directory refused."""
+    if reference.is_gguf:
+        parts = reference.gguf_parts if reference.gguf_parts is not None else (_download_gguf(reference),)
+        source = gguf_cache.GGUFSource(tuple(Path(part) for part in parts), reference.sha256, reference.describe())
+        try:
+            directory = gguf_cache.converted(source)
+        except OSError as error:
+            raise ArtifactError(f"cannot convert the GGUF weights of {reference.describe()}: {error}") from None
+        # The converted copy is stored under the sha256 the file hashed to.
+        return ResolvedWeights("gguf-converted", str(directory), sha256=directory.name)
+    if Path(reference.model).is_dir():
+        refuse_pickled_weights(Path(reference.model))
+        return ResolvedWeights("local-dir", reference.model, reference.revision)
+    return ResolvedWeights("hub", reference.model, reference.revision)
+
+
+def refuse_pickled_weights(directory: Path) -> None:
+    """A directory whose weights are only pickles (``pytorch_model.bin``) is refused, naming the file."""
+    if any(directory.glob("*.safetensors")):
+        return  # from_pretrained(use_safetensors=True) reads these and ignores any pickle beside them
+    pickled = sorted(path for pattern in PICKLED_WEIGHT_PATTERNS for path in directory.glob(pattern))
+    if pickled:
+        raise ArtifactError(
+            f"{pickled[0]}: pickled weights are refused (loading a pickle can run code); save the model with "
+            f"safetensors (save_pretrained(safe_serialization=True)) and remove the pickle"
+        )
+
+
+def _download_gguf(reference: WeightReference) -> str:
+    """A GGUF file inside a hub repository (``model`` + ``gguf_file``), downloaded into the hub cache."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(reference.model, reference.gguf_file, revision=reference.revision)
+    except Exception as error:  # the hub client raises many types; all mean "could not fetch"
+        raise ArtifactError(f"cannot fetch {reference.describe()} from the Hugging Face hub ({type(error).__name__})") from None

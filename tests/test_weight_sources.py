@@ -141,7 +141,7 @@ def test_config_lists_gguf_parts_and_pins_them(write_config, write_head, data_pa
     assert plan.spec.sha256 == "0" * 64
     monkeypatch.setattr(gguf_cache, "_convert", lambda *a: pytest.fail("must not convert"))
     with pytest.raises(ArtifactError, match="sha256 mismatch, refusing to load"):
-        plan.adapter.load_config()
+        plan.backbone_weights
 
 
 @pytest.mark.parametrize("fields,message", [
