@@ -50,7 +50,7 @@ def safetensors_copy(workdir: Path) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from siren_ensemble.backbones.base import quiet_transformers
+    from siren_ensemble.quiet_loading import quiet_transformers
 
     gguf = smollm2_gguf()
     with quiet_transformers():

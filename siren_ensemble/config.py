@@ -6,7 +6,6 @@ directory of the config file.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +16,7 @@ from . import files, plugins
 from .errors import ConfigError
 from .precision import INT8, check_int8_device
 from .validation import format_validation_error
+from .weights import is_gguf_reference, resolve_path
 
 DEVICE_PATTERN = r"^(cpu|auto|mps|cuda(:\d+)?)$"
 #: from_pretrained arguments the member's own fields control; backbone_options may not override them.
@@ -28,7 +28,6 @@ RESERVED_LOAD_OPTIONS = frozenset({
 SAFETENSORS_ONLY_OPTIONS = frozenset({"use_safetensors", "weights_only"})
 #: Weights are relative; a bound keeps their sum finite.
 MAX_MEMBER_WEIGHT = 1e6
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 class _Strict(BaseModel):
@@ -226,23 +225,3 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 except TypeError:
                     continue  # an unhashable key: SafeLoader reports it
         return super().construct_mapping(node, deep=deep)
-
-
-def resolve_path(value: str, base_dir: Path) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else base_dir / path
-
-
-def is_gguf_reference(model: str | list[str] | None, gguf_file: str | None) -> bool:
-    """Whether a member's weights are a GGUF file (which loads through the converted cache)."""
-    if gguf_file is not None or isinstance(model, list):
-        return True
-    return model is not None and (model.startswith("pkg:") or model.lower().endswith(".gguf"))
-
-
-def is_local(value: str, base_dir: Path) -> bool:
-    """A model or head reference is local when it exists on disk or is written as a path; else a hub id."""
-    if value.startswith(("/", "./", "../", "~")) or resolve_path(value, base_dir).exists():
-        return True
-    return not _HUB_ID.match(value)
-

@@ -15,9 +15,10 @@ import numpy as np
 from .calibration import Calibration
 from .cascade import PENDING, Stage, Staged, check_bands_against_threshold, run_stages, single_stage
 from .combiners import Combiner
-from .config import CombinerConfig, EnsembleConfig, resolve_path
+from .config import CombinerConfig, EnsembleConfig
 from .errors import ConfigError
 from .members import MemberPlan, build_combiner
+from .weights import resolve_path
 
 #: The decision threshold when neither the config nor the combiner names one.
 DEFAULT_THRESHOLD = 0.5

@@ -144,7 +144,7 @@ class Ensemble:
         for plan in plans:
             try:
                 if plan.spec not in backbones:
-                    backbones[plan.spec] = LoadedBackbone.load(plan.adapter)
+                    backbones[plan.spec] = LoadedBackbone.load(plan.adapter, plan.backbone_weights)
                 backbones[plan.spec].check_readable(plan.head)
             except SirenError as error:
                 raise type(error)(f"{plan.where}: {error}") from None

@@ -21,6 +21,7 @@ from .backbones.base import BackboneAdapter, BackboneSpec
 from .encoding import EncodedText, encode_texts, pad_batch
 from .head import FeatureRequest, SirenHead
 from .precision import INT8
+from .weights import ResolvedWeights
 
 PooledStates = dict[tuple[str, int], torch.Tensor]
 
@@ -52,9 +53,10 @@ class LoadedBackbone:
     forward_kwargs: dict
 
     @classmethod
-    def load(cls, adapter: BackboneAdapter) -> "LoadedBackbone":
-        model = adapter.load_model()
-        tokenizer = adapter.load_tokenizer()
+    def load(cls, adapter: BackboneAdapter, weights: ResolvedWeights) -> "LoadedBackbone":
+        """``adapter``'s model and tokenizer from ``weights`` (resolved from ``adapter.spec.weights``)."""
+        model = adapter.load_model(weights)
+        tokenizer = adapter.load_tokenizer(weights)
         return cls(
             spec=adapter.spec,
             adapter=adapter,

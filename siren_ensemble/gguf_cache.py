@@ -16,10 +16,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 
 from .cache import cache_root
 from .errors import ArtifactError
+from .quiet_loading import quiet_transformers
 
 CACHE_DTYPE = torch.bfloat16
 SOURCE_RECORD = "source.json"
@@ -103,8 +105,6 @@ def _write_record(directory: Path, record: dict) -> None:
 
 def _convert(source: GGUFSource, sha256: str, target: Path) -> None:
     from transformers import AutoModel, AutoTokenizer
-
-    from .backbones.base import quiet_transformers
 
     target.parent.mkdir(parents=True, exist_ok=True)
     # Work in a sibling directory and rename at the end: a crash never leaves a half-written cache.

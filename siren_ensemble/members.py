@@ -6,7 +6,8 @@ to load one backbone per distinct spec.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import plugins
@@ -14,11 +15,11 @@ from .backbones.base import BackboneAdapter, BackboneSpec
 from .calibration import MEMBER_CALIBRATION_FILE, Calibration
 from .cascade import CascadeOptions
 from .combiners import Combiner, MemberView
-from .config import CombinerConfig, EnsembleConfig, MemberConfig, is_local, resolve_path
-from .errors import ArtifactError, ConfigError, SirenError
+from .config import CombinerConfig, EnsembleConfig, MemberConfig
+from .errors import ConfigError, SirenError
 from .head import CONFIG_FILE, WEIGHTS_FILE, SirenHead
-from .packaged import is_packaged, resolve_packaged
 from .precision import DtypeChoice, resolve
+from .weights import ResolvedWeights, head_directory, resolve_weights, settle_model
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,18 @@ class MemberPlan:
     def where(self) -> str:
         return f"members[{self.index}]"
 
+    @functools.cached_property
+    def backbone_weights(self) -> ResolvedWeights:
+        """The backbone's weights, resolved (fetched, verified, converted) once, on first use."""
+        return resolve_weights(self.spec.weights)
+
 
 def plan_members(config: EnsembleConfig) -> list[MemberPlan]:
     plans = []
     for index, member in enumerate(config.members):
         where = f"members[{index}]"
         try:
-            directory = _head_directory(member, config.base_dir)
+            directory = head_directory(member.head, member.head_revision, config.base_dir, (CONFIG_FILE, WEIGHTS_FILE))
             head = SirenHead.load(directory)
             calibration = Calibration.load(directory / MEMBER_CALIBRATION_FILE) if (directory / MEMBER_CALIBRATION_FILE).is_file() else None
         except SirenError as error:
@@ -111,81 +117,19 @@ def check_heads_against_backbones(plans: list[MemberPlan], remote_code: bool = T
             continue
         try:
             if plan.spec not in depth_and_width:
-                model_config = plan.adapter.load_config()
+                model_config = plan.adapter.load_config(plan.backbone_weights)
                 depth_and_width[plan.spec] = (plan.adapter.num_layers(model_config), plan.adapter.hidden_size(model_config))
             plan.head.check_backbone(*depth_and_width[plan.spec])
         except SirenError as error:
             raise type(error)(f"{plan.where}: {error}") from None
 
 
-def _head_directory(member: MemberConfig, base_dir: Path) -> Path:
-    if is_packaged(member.head):
-        return resolve_packaged(member.head)
-    if is_local(member.head, base_dir):
-        directory = resolve_path(member.head, base_dir)
-        if not directory.is_dir():
-            raise ArtifactError(f"{directory}: no such directory")
-        return directory
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(member.head, revision=member.head_revision, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
-    except Exception as error:  # the hub client raises many types; all mean "could not fetch"
-        raise ArtifactError(
-            f"{member.head!r} is not a local directory ({resolve_path(member.head, base_dir)} does not exist) "
-            f"and could not be fetched from the Hugging Face hub ({type(error).__name__})"
-        ) from None
-
-
-def _local_file(reference: str, base_dir: Path, where: str) -> Path:
-    """A GGUF part named by a ``pkg:`` reference or a path; it must exist."""
-    if is_packaged(reference):
-        try:
-            return resolve_packaged(reference)
-        except ArtifactError as error:
-            raise ConfigError(f"{where}: {error}") from None
-    path = resolve_path(reference, base_dir)
-    if not path.is_file():
-        raise ConfigError(f"{where}: {path} does not exist")
-    return path
-
-
 def _backbone_spec(member: MemberConfig, head: SirenHead | None, base_dir: Path, adapter_name: str, where: str) -> BackboneSpec:
-    model, revision, gguf_file = member.model, member.revision, member.gguf_file
-    gguf_parts = None
-    if isinstance(model, list):
-        gguf_parts = tuple(str(_local_file(part, base_dir, f"{where}.model[{i}]")) for i, part in enumerate(model))
-        model = model[0] + (f" (+{len(model) - 1} more parts)" if len(model) > 1 else "")
-    elif model is not None and is_packaged(model):
-        path = _local_file(model, base_dir, f"{where}.model")
-        if path.is_dir():
-            model = str(path)
-        else:
-            gguf_parts = (str(path),)
-    elif model is not None and model.lower().endswith(".gguf") and gguf_file is None:
-        gguf_parts = (str(_local_file(model, base_dir, f"{where}.model")),)
-    elif model is None and gguf_file is not None:
-        # A bare GGUF path: its directory is the model, its name the file inside it.
-        gguf_path = resolve_path(gguf_file, base_dir)
-        model, gguf_file = str(gguf_path.parent), gguf_path.name
-    elif model is None and head is not None:
-        model = head.config.base_model.model_id
-        revision = revision or head.config.base_model.revision
-    if gguf_parts is None and is_local(model, base_dir):
-        model_path = resolve_path(model, base_dir)
-        if not model_path.exists():
-            field = "model" if member.model is not None else "head (its base_model.model_id)"
-            raise ConfigError(f"{where}.{field}: {model_path} does not exist")
-        if gguf_file is not None:
-            gguf_parts = (str(_local_file(str(model_path / gguf_file), base_dir, f"{where}.gguf_file")),)
-        model = str(model_path)
+    base_model = (head.config.base_model.model_id, head.config.base_model.revision) if head is not None else None
+    reference = settle_model(member.model, member.gguf_file, member.sha256, member.revision, base_dir, where, base_model)
     return BackboneSpec(
         adapter=adapter_name,
-        model=model,
-        gguf_file=gguf_file,
-        gguf_parts=gguf_parts,
-        sha256=member.sha256,
-        revision=revision,
+        **asdict(reference),
         dtype=resolve(member.dtype, member.device).dtype,
         device=member.device,
         device_map=tuple(sorted(member.device_map.items())) if member.device_map else None,

@@ -10,8 +10,8 @@ from typing import Iterable
 
 import torch
 
-from .backbones.base import quiet_transformers
 from .head import HeadConfig, SirenHead, SirenMLP, neuron_key
+from .quiet_loading import quiet_transformers
 
 _CORPUS = [
     "How do I bake bread at home with simple ingredients?",

@@ -9,6 +9,7 @@ from siren_ensemble.encoding import pad_batch
 from siren_ensemble.extraction import LoadedBackbone, masked_mean
 from siren_ensemble.testing import random_head
 from siren_ensemble.text import clean_text
+from siren_ensemble.weights import resolve_weights
 
 from .conftest import DEPTH, HIDDEN, TEXTS
 
@@ -23,7 +24,8 @@ ADAPTERS = [
 
 
 def load(adapter_class, model_dir, **spec) -> LoadedBackbone:
-    return LoadedBackbone.load(adapter_class(BackboneSpec(adapter=adapter_class.name, model=str(model_dir), **spec)))
+    adapter = adapter_class(BackboneSpec(adapter=adapter_class.name, model=str(model_dir), **spec))
+    return LoadedBackbone.load(adapter, resolve_weights(adapter.spec.weights))
 
 
 def encode(backbone, texts=TEXTS, max_length=64):
@@ -114,7 +116,7 @@ def test_padding_does_not_change_a_texts_pooled_state(tiny_models):
 def test_adapter_refuses_other_architectures(tiny_models, adapter_class, architecture):
     adapter = adapter_class(BackboneSpec(adapter=adapter_class.name, model=str(tiny_models[architecture])))
     with pytest.raises(ConfigError, match=f"backbone '{adapter_class.name}' reads model_type"):
-        adapter.load_config()
+        adapter.load_config(resolve_weights(adapter.spec.weights))
 
 
 def test_adapters_set_padding_side_and_load_without_lm_head(tiny_models):
@@ -127,7 +129,7 @@ def test_adapters_set_padding_side_and_load_without_lm_head(tiny_models):
 def test_missing_model_directory_is_a_clear_error(tmp_path):
     adapter = Llama3Adapter(BackboneSpec(adapter="llama3", model=str(tmp_path / "nowhere")))
     with pytest.raises(ArtifactError, match="cannot load the config of .*nowhere"):
-        adapter.load_config()
+        adapter.load_config(resolve_weights(adapter.spec.weights))
 
 
 def test_dtype_is_applied(tiny_models):

@@ -122,7 +122,7 @@ def test_wrong_backbone_for_the_model(tiny_models, write_head, write_config):
 
 
 def test_hub_ids_are_not_mistaken_for_paths(tmp_path):
-    from siren_ensemble.config import is_local
+    from siren_ensemble.weights import is_local
 
     assert not is_local("UofTCSSLab/SIREN-Qwen3-4B", tmp_path)
     assert not is_local("gpt2", tmp_path)
@@ -135,9 +135,9 @@ def test_hub_ids_are_not_mistaken_for_paths(tmp_path):
 def test_trust_remote_code_is_off_unless_asked(tiny_models, write_head, write_config):
     head = write_head(tiny_models["llama"])
     plans, _ = validate_plan(load_config(write_config({"members": [member(head=str(head))]})))
-    assert plans[0].adapter.model_load_kwargs()["trust_remote_code"] is False
+    assert plans[0].adapter.model_load_kwargs(plans[0].backbone_weights)["trust_remote_code"] is False
     plans, _ = validate_plan(load_config(write_config({"members": [member(head=str(head), trust_remote_code=True, revision="v1")]})))
-    kwargs = plans[0].adapter.model_load_kwargs()
+    kwargs = plans[0].adapter.model_load_kwargs(plans[0].backbone_weights)
     assert kwargs["trust_remote_code"] is True and kwargs["revision"] == "v1"
 
 

@@ -92,7 +92,7 @@ def test_cut_head_lists_no_layer_above_the_cut_and_records_it(cut_head):
 def test_runtime_runs_only_the_blocks_the_cut_head_reads(cut_head, tiny_models, synthetic_data, write_config, monkeypatch):
     loaded: list[LoadedBackbone] = []
     original_load = LoadedBackbone.load.__func__
-    monkeypatch.setattr(LoadedBackbone, "load", classmethod(lambda cls, adapter: loaded.append(original_load(cls, adapter)) or loaded[-1]))
+    monkeypatch.setattr(LoadedBackbone, "load", classmethod(lambda cls, adapter, weights: loaded.append(original_load(cls, adapter, weights)) or loaded[-1]))
     config = write_config({"members": [{"name": "cut", "backbone": "llama3", "model": str(tiny_models["llama"]), "head": str(cut_head)}]})
     ensemble = Ensemble.from_config(config)
     (backbone,) = loaded

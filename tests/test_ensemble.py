@@ -27,9 +27,9 @@ def count_loads(monkeypatch):
     loads = []
     original = LoadedBackbone.load.__func__
 
-    def counting(cls, adapter):
+    def counting(cls, adapter, weights):
         loads.append(adapter.spec)
-        return original(cls, adapter)
+        return original(cls, adapter, weights)
 
     monkeypatch.setattr(LoadedBackbone, "load", classmethod(counting))
     return loads

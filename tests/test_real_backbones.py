@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from siren_ensemble import ArtifactError, Ensemble, InputError, gguf_cache
+from siren_ensemble import ArtifactError, Ensemble, InputError
 from siren_ensemble.config import EnsembleConfig, load_config
 from siren_ensemble.default_ensemble import DEFAULT_CONFIG
 from siren_ensemble.encoding import pad_batch
@@ -21,6 +21,7 @@ from siren_ensemble.extraction import LoadedBackbone, masked_mean
 from siren_ensemble.members import adapter_of_member, validate_plan
 from siren_ensemble.testing import random_head
 from siren_ensemble.text import clean_text
+from siren_ensemble.weights import resolve_weights
 
 pytestmark = pytest.mark.real
 
@@ -65,7 +66,8 @@ def member_adapter(name: str, sha256: str | None = None, dtype: str = "float32")
 
 @pytest.fixture(scope="module", params=list(SHAPES))
 def family(request) -> tuple[str, LoadedBackbone]:
-    return request.param, LoadedBackbone.load(member_adapter(request.param))
+    adapter = member_adapter(request.param)
+    return request.param, LoadedBackbone.load(adapter, resolve_weights(adapter.spec.weights))
 
 
 def test_one_real_forward_pass_per_family(family):
@@ -100,7 +102,7 @@ def test_cached_weights_are_the_gguf_weights_rounded_to_bf16():
     gguf = Path(adapter.spec.gguf_parts[0])
     with torch.inference_mode():
         direct = AutoModel.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        cached = AutoModel.from_pretrained(str(gguf_cache.converted(adapter._gguf_source())), dtype=torch.float32)
+        cached = AutoModel.from_pretrained(resolve_weights(adapter.spec.weights).location, dtype=torch.float32)
         direct_state, cached_state = direct.state_dict(), cached.state_dict()
         assert direct_state.keys() == cached_state.keys()
         for name, tensor in direct_state.items():
@@ -119,7 +121,7 @@ def test_a_wrong_sha256_refuses_to_load_the_real_file(tmp_path, monkeypatch):
     monkeypatch.setenv("SIREN_ENSEMBLE_CACHE", str(tmp_path))
     adapter = member_adapter("smollm2-135m", sha256="f" * 64)
     with pytest.raises(ArtifactError, match="sha256 mismatch, refusing to load") as raised:
-        adapter.load_config()
+        resolve_weights(adapter.spec.weights)
     assert DEFAULT_MEMBERS["smollm2-135m"]["sha256"] in str(raised.value)
     assert not any(tmp_path.rglob("*.safetensors"))
 

@@ -13,6 +13,7 @@ from siren_ensemble.cli import cli
 from siren_ensemble.config import EnsembleConfig
 from siren_ensemble.errors import ArtifactError, ConfigError
 from siren_ensemble.members import adapter_for
+from siren_ensemble.weights import resolve_weights
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def test_a_directory_of_pickled_weights_is_refused_without_unpickling(pickled_mo
 @pytest.mark.parametrize("model", ["org/some-model", "local"])
 def test_from_pretrained_is_asked_for_safetensors(tiny_models, model):
     adapter = adapter_for("llama3", str(tiny_models["llama"]) if model == "local" else model)
-    assert adapter.model_load_kwargs()["use_safetensors"] is True
+    assert adapter.model_load_kwargs(resolve_weights(adapter.spec.weights))["use_safetensors"] is True
 
 
 @pytest.mark.parametrize("option", [{"weights_only": False}, {"use_safetensors": False}])

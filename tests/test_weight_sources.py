@@ -14,7 +14,7 @@ from siren_ensemble import ArtifactError, ConfigError, gguf_cache
 from siren_ensemble.config import load_config
 from siren_ensemble.cli import cli
 from siren_ensemble.members import adapter_for, adapter_of_member, plan_members
-from siren_ensemble.packaged import resolve_packaged
+from siren_ensemble.weights import resolve_packaged
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def test_config_lists_gguf_parts_and_pins_them(write_config, write_head, data_pa
     assert plan.spec.sha256 == "0" * 64
     monkeypatch.setattr(gguf_cache, "_convert", lambda *a: pytest.fail("must not convert"))
     with pytest.raises(ArtifactError, match="sha256 mismatch, refusing to load"):
-        plan.adapter.load_config()
+        plan.backbone_weights
 
 
 @pytest.mark.parametrize("fields,message", [

@@ -6,28 +6,21 @@ depends on the architecture lives here, so heads and the forward pass stay gener
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import inspect
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
-from unittest import mock
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .. import gguf_cache
 from ..errors import ArtifactError, ConfigError
 from ..precision import INT8, check_int8_device, quantize_linear_layers
+from ..quiet_loading import quiet_transformers
+from ..weights import ResolvedWeights, WeightReference
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: The dtype the weights load in, per member dtype: int8 loads float32 and quantises the linear layers after.
 LOAD_DTYPES = {**DTYPES, "int8": torch.float32}
-#: Weight files that are pickles: loading one can run code, so a directory holding only these is refused.
-PICKLED_WEIGHT_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
 
 
 @dataclass(frozen=True)
@@ -35,10 +28,9 @@ class BackboneSpec:
     """Everything that identifies one loaded backbone; members with equal specs share it."""
 
     adapter: str
-    #: A hub id or a directory; for GGUF weights, how the config named them (for messages).
+    # The weights, as settled by siren_ensemble.weights (the fields of a WeightReference).
     model: str
     gguf_file: str | None = None
-    #: Local GGUF file(s), concatenated in order; these weights load through the converted cache.
     gguf_parts: tuple[str, ...] | None = None
     sha256: str | None = None
     revision: str | None = None
@@ -55,12 +47,11 @@ class BackboneSpec:
         return LOAD_DTYPES[self.dtype]
 
     @property
-    def is_gguf(self) -> bool:
-        return self.gguf_parts is not None or self.gguf_file is not None
+    def weights(self) -> WeightReference:
+        return WeightReference(self.model, self.gguf_file, self.gguf_parts, self.sha256, self.revision)
 
     def describe(self) -> str:
-        where = f"{self.model}" + (f" ({self.gguf_file})" if self.gguf_file else "")
-        return where + (f"@{self.revision}" if self.revision else "")
+        return self.weights.describe()
 
 
 class BackboneAdapter:
@@ -78,38 +69,20 @@ class BackboneAdapter:
     def __init__(self, spec: BackboneSpec):
         self.spec = spec
 
-    # ---- loading -------------------------------------------------------------------------
+    # ---- loading: ``weights`` is already resolved and verified (siren_ensemble.weights.resolve) ----------
 
-    @functools.cached_property
-    def _location(self) -> tuple[str, dict[str, Any]]:
-        """Where from_pretrained reads the weights, and the keyword arguments that say which."""
-        kwargs: dict[str, Any] = {"trust_remote_code": self.spec.trust_remote_code}
-        if self.spec.is_gguf:
-            # GGUF loads from its converted safetensors copy (made on first use, sha256-checked).
-            return str(gguf_cache.converted(self._gguf_source())), kwargs
-        if self.spec.revision:
-            kwargs["revision"] = self.spec.revision
-        if Path(self.spec.model).is_dir():
-            refuse_pickled_weights(Path(self.spec.model))
-        return self.spec.model, kwargs
+    def _from_pretrained(self, what: str, loader, weights: ResolvedWeights, kwargs: dict[str, Any] | None = None):
+        kwargs = self.location_kwargs(weights) if kwargs is None else kwargs
+        return _wrap_load_errors(self.spec, what, lambda: loader.from_pretrained(weights.location, **kwargs))
 
-    def _gguf_source(self) -> gguf_cache.GGUFSource:
-        parts = self.spec.gguf_parts
-        if parts is None:
-            parts = (_download_gguf(self.spec),)
-        return gguf_cache.GGUFSource(tuple(Path(part) for part in parts), self.spec.sha256, self.spec.describe())
+    def location_kwargs(self, weights: ResolvedWeights) -> dict[str, Any]:
+        """The from_pretrained arguments every load shares: which version to read, and whether to run its code."""
+        return {"trust_remote_code": self.spec.trust_remote_code, **weights.from_pretrained_kwargs()}
 
-    def _from_pretrained(self, what: str, loader, kwargs: dict[str, Any] | None = None):
-        def load():
-            where, location_kwargs = self._location
-            return loader.from_pretrained(where, **(location_kwargs if kwargs is None else kwargs))
-
-        return _wrap_load_errors(self.spec, what, load)
-
-    def load_config(self):
+    def load_config(self, weights: ResolvedWeights):
         from transformers import AutoConfig
 
-        config = self._from_pretrained("config", AutoConfig)
+        config = self._from_pretrained("config", AutoConfig, weights)
         self.check_model_type(config)
         return config
 
@@ -130,8 +103,8 @@ class BackboneAdapter:
     def hidden_size(config) -> int:
         return int(config.get_text_config().hidden_size)
 
-    def model_load_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {**self._location[1], "dtype": self.spec.torch_dtype}
+    def model_load_kwargs(self, weights: ResolvedWeights) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {**self.location_kwargs(weights), "dtype": self.spec.torch_dtype}
         kwargs.update(dict(self.spec.options))
         # Never a pickle, from a directory or the hub (GGUF weights load from their converted safetensors copy).
         kwargs["use_safetensors"] = True
@@ -149,10 +122,10 @@ class BackboneAdapter:
         check_device_available(self.spec.device)
         return {"": self.spec.device}
 
-    def load_model(self) -> nn.Module:
+    def load_model(self, weights: ResolvedWeights) -> nn.Module:
         from transformers import AutoModel
 
-        model = self._from_pretrained("weights", AutoModel, self.model_load_kwargs())
+        model = self._from_pretrained("weights", AutoModel, weights, self.model_load_kwargs(weights))
         self.check_model_type(model.config)
         model = model.eval().requires_grad_(False)
         if self.spec.dtype == INT8:
@@ -160,10 +133,10 @@ class BackboneAdapter:
             model = quantize_linear_layers(model)
         return model
 
-    def load_tokenizer(self):
+    def load_tokenizer(self, weights: ResolvedWeights):
         from transformers import AutoTokenizer
 
-        tokenizer = self._from_pretrained("tokenizer", AutoTokenizer)
+        tokenizer = self._from_pretrained("tokenizer", AutoTokenizer, weights)
         tokenizer.padding_side = self.padding_side
         if tokenizer.pad_token is None:
             # Same fallback as llm-siren; padded positions are masked out of every mean anyway.
@@ -201,18 +174,6 @@ class BackboneAdapter:
         return {"use_cache": False} if accepts_cache else {}
 
 
-def refuse_pickled_weights(directory: Path) -> None:
-    """A directory whose weights are only pickles (``pytorch_model.bin``) is refused, naming the file."""
-    if any(directory.glob("*.safetensors")):
-        return  # from_pretrained(use_safetensors=True) reads these and ignores any pickle beside them
-    pickled = sorted(path for pattern in PICKLED_WEIGHT_PATTERNS for path in directory.glob(pattern))
-    if pickled:
-        raise ArtifactError(
-            f"{pickled[0]}: pickled weights are refused (loading a pickle can run code); save the model with "
-            f"safetensors (save_pretrained(safe_serialization=True)) and remove the pickle"
-        )
-
-
 def check_device_available(device: str) -> None:
     kind, _, index = device.partition(":")
     if kind == "cuda":
@@ -231,40 +192,6 @@ def _get_path(root: nn.Module, dotted: str):
         if current is None:
             return None
     return current
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Hide load reports (e.g. the unused LM head) and progress bars while loading; restore after.
-
-    The GGUF de-quantisation bar (plain tqdm inside transformers) stays on a terminal, where a
-    minute-long conversion deserves one, and goes quiet when stderr is a file or a pipe.
-    """
-    from transformers import modeling_gguf_pytorch_utils as gguf_utils
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars_were_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    gguf_bar = functools.partial(tqdm, disable=not sys.stderr.isatty(), leave=False)
-    try:
-        with mock.patch.object(gguf_utils, "tqdm", gguf_bar):
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars_were_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def _download_gguf(spec: BackboneSpec) -> str:
-    """A GGUF file inside a hub repository (``model`` + ``gguf_file``), downloaded into the hub cache."""
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return hf_hub_download(spec.model, spec.gguf_file, revision=spec.revision)
-    except Exception as error:  # the hub client raises many types; all mean "could not fetch"
-        raise ArtifactError(f"cannot fetch {spec.describe()} from the Hugging Face hub ({type(error).__name__})") from None
 
 
 def _wrap_load_errors(spec: BackboneSpec, what: str, load):

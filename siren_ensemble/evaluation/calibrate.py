@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..config import EnsembleConfig, is_local, read_yaml
+from ..config import EnsembleConfig, read_yaml
 from ..data.records import read_dataset
 from ..errors import ConfigError, InputError
 from ..members import validate_plan
-from ..packaged import is_packaged
 from ..calibration import Method, fit_calibration
 from ..decision import DecisionPath
+from ..weights import is_local, is_packaged
 from .cascade_bands import BandRule, fit_bands
 from .metrics import binary_metrics, threshold_for_recall
 from .scoring import FeatureScorer

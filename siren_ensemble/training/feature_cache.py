@@ -10,6 +10,7 @@ that is stopped resumes at the first missing chunk; the finished chunks are then
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -25,6 +26,7 @@ from ..encoding import plan_batches
 from ..errors import ArtifactError
 from ..extraction import LoadedBackbone
 from ..text import clean_text
+from ..weights import ResolvedWeights, resolve_weights
 
 LayerFeatures = dict[int, np.ndarray]
 #: Texts per resumable chunk: a stopped extraction loses at most this many texts' work.
@@ -59,11 +61,16 @@ class FeatureExtractor:
         #: Loaded backbones by spec; extractors given the same dict share them (one load per backbone).
         self.loaded = loaded if loaded is not None else {}
 
+    @functools.cached_property
+    def backbone_weights(self) -> ResolvedWeights:
+        """The backbone's weights, resolved (fetched, verified, converted) once, on first use."""
+        return resolve_weights(self.adapter.spec.weights)
+
     @property
     def backbone(self) -> LoadedBackbone:
         spec = self.adapter.spec
         if spec not in self.loaded:
-            self.loaded[spec] = LoadedBackbone.load(self.adapter)
+            self.loaded[spec] = LoadedBackbone.load(self.adapter, self.backbone_weights)
         return self.loaded[spec]
 
     def cache_key(self, texts: Sequence[str]) -> str:

@@ -229,7 +229,7 @@ def layer_columns(neurons: dict[int, list[int]]) -> dict[int, tuple[int, int]]:
 
 def _check_depth_before_extraction(extractor: FeatureExtractor, options: TrainOptions) -> None:
     # The backbone's config alone gives its depth: a bad --layers/--max-layer fails now, not after an hour of extraction.
-    num_layers = extractor.adapter.num_layers(extractor.adapter.load_config())
+    num_layers = extractor.adapter.num_layers(extractor.adapter.load_config(extractor.backbone_weights))
     select_layers(options.layers, resolve_depth_cut(num_layers, options.max_layer, options.depth_budget))
 
 
