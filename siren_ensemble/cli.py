@@ -399,6 +399,24 @@ def data_build(out_dir, seed, max_per_source, max_chars, source_names, no_templa
     click.echo(format_tables(manifest))
 
 
+@data.command(name="compare")
+@click.argument("old_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("new_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--ignore", multiple=True, default=("categories",), show_default=True,
+              help="Record fields left out of the comparison (repeat).")
+def data_compare(old_dir, new_dir, ignore):
+    """Check that NEW_DIR holds OLD_DIR's records, split by split and in order, apart from the --ignore fields
+    (so cached features stay valid); exit 1 when they differ."""
+    from .data.compare import compare_split_dirs
+
+    comparisons = compare_split_dirs(old_dir, new_dir, tuple(ignore))
+    for item in comparisons:
+        verdict = "same" if item.same else f"DIFFERENT from line {item.first_difference}"
+        click.echo(f"{item.split}: {item.old_records} -> {item.new_records} records, {verdict}")
+    if not all(item.same for item in comparisons):
+        sys.exit(1)
+
+
 @data.command(name="sources")
 def data_sources():
     """List the data sources, their package, labels, and whether the package is installed."""
