@@ -90,7 +90,8 @@ def _output_row(record, result) -> dict:
 
 def _print_table(rows, records, member_names) -> None:
     staged = any("decided_by" in row for row in rows)
-    header = ["#", "score", "harmful", *(["stage"] if staged else []), *member_names, "text"]
+    categorised = any("top_category" in row for row in rows)
+    header = ["#", "score", "harmful", *(["stage"] if staged else []), *(["category"] if categorised else []), *member_names, "text"]
     lines = []
     for index, (row, record) in enumerate(zip(rows, records)):
         label = row.get("id", row.get("line", index + 1))
@@ -101,6 +102,7 @@ def _print_table(rows, records, member_names) -> None:
             for name in member_names
         ]
         stage_cell = [str(row.get("decided_by", "-"))] if staged else []
+        stage_cell += [row.get("top_category") or "-"] if categorised else []
         # backslashreplace: a lone surrogate (scored as a per-text error) cannot be printed as it is
         preview = " ".join(record.text.split()).encode("utf-8", "backslashreplace").decode("utf-8")
         preview = preview if len(preview) <= 48 else preview[:45] + "..."
@@ -229,8 +231,10 @@ def _parse_layers(value: str | None) -> tuple[int, ...] | None:
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="Processes fitting the stage-1 layer probes side by side (same result).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache (default: $SIREN_ENSEMBLE_CACHE or ~/.cache/siren-ensemble).")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write the per-layer probe F1 plot here.")
+@click.option("--categories", "with_categories", is_flag=True,
+              help="Also train a category head on the same features (categories.json + categories.safetensors beside the head).")
 def train(backbone, model, gguf_file, sha256, revision, member, config_path, data_path, out_dir, eta, trials, folds, layers_text,
-          max_layer, depth_budget, max_length, device, dtype, seed, jobs, cache_dir, plots_dir):
+          max_layer, depth_budget, max_length, device, dtype, seed, jobs, cache_dir, plots_dir, with_categories):
     """Train a SIREN head (layer probes, safety neurons, MLP search) on a split directory."""
     from pathlib import Path
 
@@ -260,6 +264,52 @@ def train(backbone, model, gguf_file, sha256, revision, member, config_path, dat
 
         layer_f1({Path(out_dir).name: report}, Path(plots_dir) / "layer_f1.png")
     click.echo((Path(out_dir) / SUMMARY_FILE).read_text().rstrip())
+    if with_categories:
+        from .training.categories import CategoryTrainOptions, summarise_categories, train_category_head
+
+        # The features train just read or extracted: from the cache.
+        category_report = train_category_head(extractor, data_path, out_dir, CategoryTrainOptions(seed=seed),
+                                              progress=sys.stderr.isatty())
+        click.echo(summarise_categories(category_report))
+
+
+@cli.command(name="train-categories")
+@click.option("--member", required=True, help="The member of --config whose head gets a category head.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="The ensemble config (default: the packaged default).")
+@click.option("--data", "data_path", required=True, type=click.Path(file_okay=False), help="Split directory with `categories` on its records.")
+@click.option("--head", "head_dir", type=click.Path(file_okay=False),
+              help="The SIREN head directory to read and write the category head into (default: the member's head).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+              help="Dtype of the features (default: the one in the head's training_report.json, which names the cached features; else the member's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--min-examples", type=click.IntRange(1), default=10, show_default=True,
+              help="A category needs this many harmful train records to get an output.")
+@click.option("--cached-only", is_flag=True, help="Fail rather than run the backbone when the features are not cached.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
+def train_categories(member, config_path, data_path, head_dir, dtype, seed, min_examples, cached_only, cache_dir):
+    """Add a category head to an existing SIREN head, leaving the head itself untouched (features from the cache)."""
+    from pathlib import Path
+
+    from .config import load_config
+    from .head import SirenHead
+    from .members import adapter_of_member, head_directory, member_named
+    from .training.categories import CategoryTrainOptions, summarise_categories, train_category_head
+    from .training.feature_cache import FeatureExtractor
+    from .training.pipeline import REPORT_FILE
+
+    _log_progress_to_stderr()
+    config = load_config(config_path or DEFAULT_CONFIG)
+    directory = Path(head_dir) if head_dir else head_directory(member_named(config, member), config.base_dir)
+    head = SirenHead.load(directory)
+    report_path = directory / REPORT_FILE
+    if dtype is None and report_path.is_file():
+        dtype = json.loads(report_path.read_text())["backbone"]["dtype"]
+    adapter = adapter_of_member(config, member, dtype=dtype)
+    extractor = FeatureExtractor(adapter, max_length=head.max_length, pooling=head.config.pooling, cache_dir=cache_dir)
+    report = train_category_head(extractor, data_path, directory, CategoryTrainOptions(seed=seed, min_train_examples=min_examples),
+                                 progress=sys.stderr.isatty(), cached_only=cached_only)
+    click.echo(f"{directory}: wrote categories.json, categories.safetensors, categories_report.json")
+    click.echo(summarise_categories(report))
 
 
 @cli.command()
@@ -335,9 +385,11 @@ def evaluate(config_path, data_path, split, out_path, target_recall, no_baseline
               help="Cascade combiner: recall its bands may lose, and FPR they may add, against running every member (at the threshold, on validation).")
 @click.option("--cascade-min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
               help="Cascade combiner: share of validation verdicts that must equal running every member's.")
+@click.option("--per-category", is_flag=True,
+              help="Also pick each harm category's threshold (best validation F1) for `category_thresholds:` (needs category heads).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
 def calibrate(config_path, data_path, target_recall, per_source, min_source_harmful, method, calibration_out, write_config,
-              cascade_tolerance, cascade_min_agreement, cache_dir):
+              cascade_tolerance, cascade_min_agreement, per_category, cache_dir):
     """Pick the threshold that reaches --target-recall on validation data and report the FPR it costs.
 
     With the cascade combiner, also fit each stage's bands (low/high) at that threshold: the widest that keep the
@@ -347,15 +399,21 @@ def calibrate(config_path, data_path, target_recall, per_source, min_source_harm
 
     rule = BandRule(max_recall_loss=cascade_tolerance, max_fpr_rise=cascade_tolerance, min_agreement=cascade_min_agreement)
     report = run_calibration(config_path, data_path, target_recall, per_source, method, calibration_out, cache_dir,
-                             progress=sys.stderr.isatty(), min_source_harmful=min_source_harmful, band_rule=rule)
+                             progress=sys.stderr.isatty(), min_source_harmful=min_source_harmful, band_rule=rule,
+                             per_category=per_category)
+    categories = report["categories"]
     if write_config:
         write_calibrated_config(config_path, write_config, report["threshold"], calibration_out if method else None,
-                                report["cascade"])
+                                report["cascade"], categories["category_thresholds"] if categories else None)
         report["written_config"] = write_config
     summary = {key: report[key] for key in ("threshold", "target_recall", "worst_recall_source", "worst_fpr_source", "calibration")}
     summary.update({"recall": report["validation"]["recall"], "fpr": report["validation"]["fpr"]})
     if report["cascade"] is not None:
         summary["cascade"] = report["cascade"]
+    if categories:
+        summary["category_thresholds"] = categories["category_thresholds"]
+        summary["category_macro_f1"] = {"configured": categories["configured"]["macro_f1"],
+                                        "calibrated": categories["calibrated"]["macro_f1"]}
     click.echo(json.dumps(summary | ({"written_config": write_config} if write_config else {})))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from . import files, plugins
 from .errors import ConfigError
 from .precision import INT8, check_int8_device
+from .taxonomy import BY_KEY, unknown_category_message
 from .validation import format_validation_error
 
 DEVICE_PATTERN = r"^(cpu|auto|mps|cuda(:\d+)?)$"
@@ -95,6 +96,8 @@ class EnsembleConfig(_Strict):
     calibration: str | None = None
     #: Unset (the default): a long text is truncated to the head's max_length, as llm-siren does.
     sliding_window: SlidingWindowConfig | None = None
+    #: Harm category -> threshold on its ensemble score (``calibrate --per-category``); unlisted ones use 0.5.
+    category_thresholds: dict[str, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] = {}
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="config")
@@ -164,6 +167,9 @@ class EnsembleConfig(_Strict):
                     f"{where}.sha256: pins a GGUF file (model: a .gguf path, a pkg: file or a list of parts, or "
                     f"gguf_file); for a hub repository or a directory pin `revision` instead"
                 )
+        for key in self.category_thresholds:
+            if key not in BY_KEY:
+                raise ConfigError(f"category_thresholds.{key}: {unknown_category_message(key)}")
         combiner_registry = plugins.combiners()
         if self.combiner.type not in combiner_registry:
             raise ConfigError(f"combiner.type: {combiner_registry.unknown_message(self.combiner.type)}")

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from .backbones.base import BackboneSpec
+from .category_scores import CategoryCombination, CategoryVerdict
 from .config import BatchingConfig, EnsembleConfig, SlidingWindowConfig, load_config
 from .decision import ENSEMBLE_ERROR_KEY, DecisionPath
 from .encoding import SpecialTokenLayout, encode_windows, plan_batches
@@ -44,13 +46,18 @@ class EnsembleResult:
     #: With the cascade combiner: the index (into ``combiner.stages``) of the stage that decided the text;
     #: members of later stages did not run on it (their score is ``None``, without an error).
     decided_by: int | None = None
+    #: Harm categories, when members have category heads (``None``: they have none, and outputs carry no categories).
+    categories: CategoryVerdict | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        del data["categories"]
         if not self.errors:
             del data["errors"]
         if self.decided_by is None:
             del data["decided_by"]
+        if self.categories is not None:
+            data.update(self.categories.to_dict(self.is_harmful))
         return data
 
 
@@ -102,6 +109,8 @@ class _MemberScores:
     errors: list[dict[str, str]]
     #: Per text, why it could not be scored at all (cleaning failed), else None.
     rejected: list[str | None]
+    #: texts x members x categories (``CategoryCombination``), NaN where unscored; None without category heads.
+    categories: np.ndarray | None = None
 
 
 class Ensemble:
@@ -122,6 +131,10 @@ class Ensemble:
         self._lock = threading.Lock()
         for plan in plans:
             plan.head.to(backbones[plan.spec].input_device)
+            if plan.categories is not None:
+                plan.categories.to(backbones[plan.spec].input_device)
+        #: How member category scores combine; None when no member has a category head.
+        self.category_combination = CategoryCombination.for_members(config, plans)
 
     @property
     def threshold(self) -> float:
@@ -197,6 +210,12 @@ class Ensemble:
 
     # ---- internals -----------------------------------------------------------------------
 
+    def unjudged_categories(self) -> CategoryVerdict | None:
+        """What a result answered without scoring (the service's failure policy) says about categories."""
+        if self.category_combination is None:
+            return None
+        return CategoryVerdict(None, self.category_combination.thresholds)
+
     def _resolve_threshold(self, threshold: float | None) -> float:
         if threshold is None:
             return self.threshold
@@ -221,7 +240,7 @@ class Ensemble:
                 work = self._plan_work([shared for _, shared in passes], cleaned, live, state)
                 bar.total += len(work)
                 bar.refresh()
-                self._run_work(work, state.scores, state.errors, bar, abandoned)
+                self._run_work(work, state, bar, abandoned)
         return state
 
     def _start(self, texts: list[str]) -> tuple[list[str | None], _MemberScores, list[int]]:
@@ -229,7 +248,8 @@ class Ensemble:
         member), and the rows left to score."""
         cleaned, rejected = _clean_each(texts)
         state = _MemberScores(np.full((len(texts), len(self.plans)), np.nan), np.zeros(len(texts), dtype=bool),
-                              [{} for _ in texts], rejected)
+                              [{} for _ in texts], rejected,
+                              self.category_combination.empty(len(texts)) if self.category_combination else None)
         for row, reason in enumerate(rejected):
             if reason is not None:
                 _record_failure(state.errors, [row], self.member_names, reason)
@@ -267,15 +287,14 @@ class Ensemble:
                 work.append((shared, [rows[i] for i in batch], [sequences[i] for i in batch]))
         return work
 
-    def _run_work(self, work, scores: np.ndarray, errors: list[dict[str, str]], bar,
-                  abandoned: Callable[[int], bool] | None = None) -> None:
+    def _run_work(self, work, state: _MemberScores, bar, abandoned: Callable[[int], bool] | None = None) -> None:
         with self._lock:
             def run_all(device_work):
                 for shared, batch, sequences in device_work:
                     if abandoned is not None:
-                        batch, sequences = self._drop_abandoned(shared, batch, sequences, abandoned, errors)
+                        batch, sequences = self._drop_abandoned(shared, batch, sequences, abandoned, state.errors)
                     if batch:
-                        self._run_pass(shared, batch, sequences, scores, errors)  # each member writes its own column
+                        self._run_pass(shared, batch, sequences, state)  # each member writes its own column
                     bar.update()
 
             by_device: dict[str, list] = {}
@@ -338,8 +357,7 @@ class Ensemble:
                 rows.append(row)
                 sequences.append(windows[0])
         for batch in _plan(self.config.batching, [len(ids) for ids in afresh]):
-            self._run_pass(shared, [afresh_rows[i] for i in batch], [afresh[i] for i in batch], state.scores,
-                           state.errors)
+            self._run_pass(shared, [afresh_rows[i] for i in batch], [afresh[i] for i in batch], state)
         if not rows:
             return
         try:
@@ -348,29 +366,36 @@ class Ensemble:
             stream.reset()
             self._record_forward_failure(shared, rows, error, state.errors)
             return
-        self._score_heads(shared, rows, pooled, state.scores, state.errors)
+        self._score_heads(shared, rows, pooled, state)
 
-    def _run_pass(self, shared: _SharedPass, batch: list[int], sequences, scores: np.ndarray, errors) -> None:
+    def _run_pass(self, shared: _SharedPass, batch: list[int], sequences, state: _MemberScores) -> None:
         try:
             pooled = shared.backbone.pooled_states(sequences, shared.wanted)
         except Exception as error:  # fail closed on anything the forward pass raises
-            self._record_forward_failure(shared, batch, error, errors)
+            self._record_forward_failure(shared, batch, error, state.errors)
             return
-        self._score_heads(shared, batch, pooled, scores, errors)
+        self._score_heads(shared, batch, pooled, state)
 
     def _record_forward_failure(self, shared: _SharedPass, batch: list[int], error: Exception, errors) -> None:
         _record_failure(errors, batch, self._names(shared), f"forward pass failed: {type(error).__name__}: {error}")
 
-    def _score_heads(self, shared: _SharedPass, batch: list[int], pooled, scores: np.ndarray, errors) -> None:
+    def _score_heads(self, shared: _SharedPass, batch: list[int], pooled, state: _MemberScores) -> None:
+        scores, errors = state.scores, state.errors
         members = [self.plans[position] for position in shared.member_positions]
         for position, plan in zip(shared.member_positions, members):
             try:
                 request = plan.head.request
-                probabilities = plan.head({layer: pooled[(request.pooling, layer)] for layer in request.layers})
-                values = probabilities.detach().cpu().double().numpy()
+                read = {layer: pooled[(request.pooling, layer)] for layer in request.layers}
+                values = plan.head(read).detach().cpu().double().numpy()
+                categories = None
+                if plan.categories is not None:  # the features again: an index_select, nothing next to the forward pass
+                    with torch.inference_mode():
+                        categories = plan.categories(plan.head.features(read)).cpu().double().numpy()
             except Exception as error:
                 _record_failure(errors, batch, [plan.name], f"head failed: {type(error).__name__}: {error}")
                 continue
+            if categories is not None:
+                self.category_combination.record(state.categories, batch, position, categories)
             for row, value in zip(batch, values):
                 if math.isfinite(value):
                     # A text scored by several windows keeps its highest window's score.
@@ -385,6 +410,8 @@ class Ensemble:
             _raise_first_failure(errors, member_scores.rejected)
         decisions = self.decision.decide(scores, self._failed_members(errors), threshold)
         errors = [{**row_errors, **found} for row_errors, found in zip(errors, decisions.errors)]
+        categories = self.category_combination.verdicts(member_scores.categories, decisions.failed) \
+            if self.category_combination else [None] * len(scores)
         if raises:
             _raise_first_failure(errors, member_scores.rejected)
         results = []
@@ -396,7 +423,7 @@ class Ensemble:
             results.append(EnsembleResult(
                 score=float(decisions.scores[row]), is_harmful=bool(decisions.is_harmful[row]), threshold=threshold,
                 members=members, truncated=bool(member_scores.truncated[row]), errors=errors[row],
-                decided_by=int(decisions.decided_by[row]) if self.decision.staged else None,
+                decided_by=int(decisions.decided_by[row]) if self.decision.staged else None, categories=categories[row],
             ))
         return results
 

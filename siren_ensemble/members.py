@@ -12,6 +12,7 @@ from pathlib import Path
 from . import plugins
 from .backbones.base import BackboneAdapter, BackboneSpec
 from .calibration import MEMBER_CALIBRATION_FILE, Calibration
+from .category_head import CONFIG_FILE as CATEGORY_CONFIG_FILE, WEIGHTS_FILE as CATEGORY_WEIGHTS_FILE, CategoryHead, has_category_head
 from .cascade import CascadeOptions
 from .combiners import Combiner, MemberView
 from .config import CombinerConfig, EnsembleConfig, MemberConfig, is_local, resolve_path
@@ -34,6 +35,8 @@ class MemberPlan:
     #: Maps this head's score onto the scale the members share (fitted on out-of-fold scores by `train`);
     #: ``None`` when the head directory has no ``calibration.json``.
     calibration: Calibration | None = None
+    #: The head's category head (``categories.json`` beside it), reading the same features; ``None`` without one.
+    categories: CategoryHead | None = None
 
     @property
     def spec(self) -> BackboneSpec:
@@ -49,15 +52,19 @@ def plan_members(config: EnsembleConfig) -> list[MemberPlan]:
     for index, member in enumerate(config.members):
         where = f"members[{index}]"
         try:
-            directory = _head_directory(member, config.base_dir)
+            directory = head_directory(member, config.base_dir)
             head = SirenHead.load(directory)
             calibration = Calibration.load(directory / MEMBER_CALIBRATION_FILE) if (directory / MEMBER_CALIBRATION_FILE).is_file() else None
+            categories = CategoryHead.load(directory) if has_category_head(directory) else None
+            if categories is not None:
+                categories.check_head(head.config, str(directory))
         except SirenError as error:
             raise type(error)(f"{where}.head: {error}") from None
         adapter = _adapter(member, head, config.base_dir, where)
         threshold = member.threshold if member.threshold is not None else head.default_threshold
         precision = resolve(member.dtype, member.device)
-        plans.append(MemberPlan(index, member.name, head, adapter, member.weight, threshold, precision, calibration))
+        plans.append(MemberPlan(index, member.name, head, adapter, member.weight, threshold, precision, calibration,
+                                categories))
     return plans
 
 
@@ -77,16 +84,21 @@ def adapter_for(backbone: str, model: str | list[str] | None, gguf_file: str | N
     return _adapter(member, None, config.base_dir, "arguments")
 
 
+def member_named(config: EnsembleConfig, name: str) -> MemberConfig:
+    """The member called ``name`` (``--member``); an unknown name lists the config's members."""
+    names = [member.name for member in config.members]
+    if name not in names:
+        raise ConfigError(f"--member: {config.source} has no member {name!r} (it has {', '.join(names)})")
+    return config.members[names.index(name)]
+
+
 def adapter_of_member(config: EnsembleConfig, name: str, dtype: str | None = None) -> BackboneAdapter:
     """The backbone of one named member of a config (``train --config --member``); its head need not exist yet.
 
     ``dtype`` replaces the member's own (features for training in bf16 from a float32 config, say).
     """
-    names = [member.name for member in config.members]
-    if name not in names:
-        raise ConfigError(f"--member: {config.source} has no member {name!r} (it has {', '.join(names)})")
-    index = names.index(name)
-    member = config.members[index]
+    member = member_named(config, name)
+    index = config.members.index(member)
     if member.model is None and member.gguf_file is None:
         raise ConfigError(f"members[{index}].model: training needs the member's model (the head may not exist yet)")
     if dtype is not None:
@@ -118,7 +130,7 @@ def check_heads_against_backbones(plans: list[MemberPlan], remote_code: bool = T
             raise type(error)(f"{plan.where}: {error}") from None
 
 
-def _head_directory(member: MemberConfig, base_dir: Path) -> Path:
+def head_directory(member: MemberConfig, base_dir: Path) -> Path:
     if is_packaged(member.head):
         return resolve_packaged(member.head)
     if is_local(member.head, base_dir):
@@ -129,7 +141,8 @@ def _head_directory(member: MemberConfig, base_dir: Path) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(member.head, revision=member.head_revision, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
+        files = [CONFIG_FILE, WEIGHTS_FILE, CATEGORY_CONFIG_FILE, CATEGORY_WEIGHTS_FILE]
+        return Path(snapshot_download(member.head, revision=member.head_revision, allow_patterns=files))
     except Exception as error:  # the hub client raises many types; all mean "could not fetch"
         raise ArtifactError(
             f"{member.head!r} is not a local directory ({resolve_path(member.head, base_dir)} does not exist) "
