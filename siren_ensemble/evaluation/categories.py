@@ -25,6 +25,7 @@ from ..members import MemberPlan
 from ..training.categories import (CATEGORY_REPORT_FILE, CategoryTrainOptions, fit_category_mlp,
                                    predict_categories)
 from ..training.category_data import category_targets, macro_f1, mean_auroc, per_category_metrics
+from . import plots
 from .scoring import FeatureScorer
 
 #: The issue's bar: macro-F1 over the categories with at least this many positive test records.
@@ -77,6 +78,24 @@ def top_category_confusion(records: Sequence[SafetyRecord], scores: np.ndarray, 
             if key in keys:
                 counts[keys.index(key), top] += 1
     return {"labels": list(keys), "counts": counts.tolist()}
+
+
+def evaluate_categories(config: EnsembleConfig, plans: Sequence[MemberPlan], records: Sequence[SafetyRecord],
+                        member_x: Sequence[np.ndarray], split: str, plots_dir: str | Path | None = None,
+                        loso: tuple[Sequence[SafetyRecord], Sequence[np.ndarray], Sequence[SafetyRecord], Sequence[np.ndarray]] | None = None,
+                        seed: int = 0, jobs: int = 1) -> dict | None:
+    """``evaluate``'s category section (None without category heads): metrics on ``records``, the confusion plot,
+    and with ``loso`` = (train records, train x, every record, every x) the leave-one-source-out rows."""
+    combination = CategoryCombination.for_members(config, plans)
+    if combination is None:
+        return None
+    section = category_section(combination, records, ensemble_category_scores(combination, plans, member_x))
+    if plots_dir is not None:
+        section["plots"] = [str(plots.category_confusion(section["confusion"], Path(plots_dir) / "category_confusion.png",
+                                                         f"top category vs true category ({split})"))]
+    if loso is not None:
+        section["leave_one_source_out"] = leave_one_source_out(config, plans, *loso, seed=seed, jobs=jobs)
+    return section
 
 
 def thresholds_for_f1(records: Sequence[SafetyRecord], scores: np.ndarray, keys: Sequence[str],
