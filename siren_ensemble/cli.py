@@ -40,14 +40,17 @@ config_option = click.option(
 @cli.command()
 @config_option
 @click.argument("texts", nargs=-1)
-@click.option("--input", "input_path", help="File of inputs: .txt (one per line), .jsonl (`text` or `prompt`/`response`, optional `id`), or - for stdin.")
+@click.option("--input", "input_path", help="File of inputs: .txt (one per line), .jsonl (`text`, `prompt`/`response` or chat "
+              "`messages`, optional `id`), or - for stdin.")
 @click.option("--prompt", help="Prompt of a prompt/response pair.")
 @click.option("--response", help="Response of a prompt/response pair.")
 @click.option("--threshold", type=click.FloatRange(0, 1), help="Override the ensemble's decision threshold.")
 @click.option("--format", "output_format", type=click.Choice(["jsonl", "table"]), default="jsonl", show_default=True)
 @click.option("--fail-on-harmful", is_flag=True, help="Exit with status 1 when any input is harmful.")
 @click.option("--verbose", "-v", is_flag=True, help="Report on stderr each member's dtype (and why) once the models are loaded.")
-def score(config_path, texts, input_path, prompt, response, threshold, output_format, fail_on_harmful, verbose):
+@click.option("--window", type=click.IntRange(0), help="Chat `messages`: turns before the judged ones read as context "
+              "(default: the config's conversation.window).")
+def score(config_path, texts, input_path, prompt, response, threshold, output_format, fail_on_harmful, verbose, window):
     """Score TEXTS, an --input file, or one --prompt/--response pair."""
     from .ensemble import Ensemble
     from .inputs import InputRecord, read_inputs
@@ -67,7 +70,9 @@ def score(config_path, texts, input_path, prompt, response, threshold, output_fo
     if verbose:
         for name, choice in ensemble.precision.items():
             click.echo(f"{name}: dtype {choice.describe()}", err=True)
-    results = ensemble.score_batch([record.text for record in records], threshold=threshold, progress=sys.stderr.isatty())
+    inputs = [ensemble.conversation_input(record.conversation, window) if record.conversation else record.text
+              for record in records]
+    results = ensemble.score_batch(inputs, threshold=threshold, progress=sys.stderr.isatty())
     rows = [_output_row(record, result) for record, result in zip(records, results)]
     if output_format == "table":
         _print_table(rows, records, ensemble.member_names)

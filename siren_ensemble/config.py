@@ -86,6 +86,15 @@ class SlidingWindowConfig(_Strict):
     stride: int | None = Field(None, ge=1)
 
 
+class ConversationConfig(_Strict):
+    """How chat messages are judged: the last user turn and its answer, in the context of earlier turns."""
+
+    #: Turns before the judged ones read as context (the nearest); 0 judges the last turns alone.
+    window: int = Field(6, ge=0, le=512)
+    #: auto: each backbone's chat template when its tokenizer has one, else "role: content" lines; plain: always lines.
+    template: Literal["auto", "plain"] = "auto"
+
+
 class EnsembleConfig(_Strict):
     members: list[MemberConfig] = Field(min_length=1)
     combiner: CombinerConfig = CombinerConfig()
@@ -98,6 +107,7 @@ class EnsembleConfig(_Strict):
     sliding_window: SlidingWindowConfig | None = None
     #: Harm category -> threshold on its ensemble score (``calibrate --per-category``); unlisted ones use 0.5.
     category_thresholds: dict[str, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] = {}
+    conversation: ConversationConfig = ConversationConfig()
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="config")

@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 from .backbones.base import BackboneSpec
 from .category_scores import CategoryCombination, CategoryVerdict
 from .config import BatchingConfig, EnsembleConfig, SlidingWindowConfig, load_config
+from .conversation import Conversation, ConversationReport
+from .conversation_encoding import EncodedConversation, encode_conversation
 from .decision import ENSEMBLE_ERROR_KEY, DecisionPath
 from .encoding import SpecialTokenLayout, encode_windows, plan_batches
 from .errors import ConfigError, InputError, MemberError, SirenError
@@ -48,6 +50,8 @@ class EnsembleResult:
     decided_by: int | None = None
     #: Harm categories, when members have category heads (``None``: they have none, and outputs carry no categories).
     categories: CategoryVerdict | None = None
+    #: For a conversation: which turns were read (``truncated`` then says whether the judged turns were cut).
+    conversation: ConversationReport | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -56,6 +60,8 @@ class EnsembleResult:
             del data["errors"]
         if self.decided_by is None:
             del data["decided_by"]
+        if self.conversation is None:
+            del data["conversation"]
         if self.categories is not None:
             data.update(self.categories.to_dict(self.is_harmful))
         return data
@@ -72,6 +78,8 @@ class _SharedPass:
     wanted: frozenset[tuple[str, int]]
     #: Tokens between sliding windows over a long text; None: truncate to max_length.
     window_stride: int | None = None
+    #: How conversations are rendered (``conversation.template``).
+    template: str = "auto"
 
     def encode(self, cleaned: list[str]) -> list[tuple[list[list[int]], bool]]:
         """Per text, the token ids of each window to score, and whether the text was cut."""
@@ -87,8 +95,23 @@ class _SharedPass:
             return None
         return replace(self, member_positions=kept, wanted=frozenset(union_of(plans[p].head.request for p in kept)))
 
-    def encode_each(self, cleaned: list[str]) -> list[tuple[list[list[int]], bool] | str]:
-        """As ``encode``, but a text the tokenizer cannot read gets the reason in its place, not the batch's error."""
+    def encode_each(self, cleaned: list[str | Conversation]) -> list[tuple[list[list[int]], bool, EncodedConversation | None] | str]:
+        """As ``encode`` (a conversation: its turns that fit, rendered for this backbone), but an input the
+        tokenizer cannot read gets the reason in its place, not the batch's error."""
+        encoded: list = [None] * len(cleaned)
+        texts = [row for row, item in enumerate(cleaned) if isinstance(item, str)]
+        for row, item in zip(texts, self._encode_texts([cleaned[row] for row in texts])):
+            encoded[row] = item if isinstance(item, str) else (*item, None)
+        for row, item in enumerate(cleaned):
+            if isinstance(item, Conversation):
+                try:
+                    found = encode_conversation(self.backbone.tokenizer, item, self.max_length, self.template)
+                    encoded[row] = ([found.ids], found.truncated, found)
+                except Exception as error:
+                    encoded[row] = f"tokenisation failed: {type(error).__name__}: {error}"
+        return encoded
+
+    def _encode_texts(self, cleaned: list[str]) -> list[tuple[list[list[int]], bool] | str]:
         try:
             return list(self.encode(cleaned))
         except Exception:  # find the text(s) to blame: tokenising alone gives every other text the same ids
@@ -111,6 +134,9 @@ class _MemberScores:
     rejected: list[str | None]
     #: texts x members x categories (``CategoryCombination``), NaN where unscored; None without category heads.
     categories: np.ndarray | None = None
+    #: Per conversation (by row): the input, and per pass that encoded it, its members and what they read.
+    conversations: dict[int, Conversation] = field(default_factory=dict)
+    encoded_conversations: dict[int, list[tuple[tuple[str, ...], EncodedConversation]]] = field(default_factory=dict)
 
 
 class Ensemble:
@@ -121,7 +147,7 @@ class Ensemble:
         self.member_names = [plan.name for plan in plans]
         #: Member scores -> member calibration -> combiner -> calibration -> threshold -> failure policy.
         self.decision = decision or DecisionPath.from_config(config, plans)
-        self._passes = _group_passes(plans, backbones, config.sliding_window)
+        self._passes = _group_passes(plans, backbones, config.sliding_window, config.conversation.template)
         #: Per cascade stage, (index into ``_passes``, that pass scoring only the stage's members); one stage
         #: holding every pass for the other combiners. Members sharing a pass but not a stage each pay its forward.
         self._stage_passes = [
@@ -177,19 +203,32 @@ class Ensemble:
             text = join_prompt_response(prompt, response)
         return self.score_batch([text], threshold=threshold)[0]
 
-    def score_batch(self, texts: Sequence[str], threshold: float | None = None, progress: bool = False,
+    def score_batch(self, texts: Sequence[str | Conversation], threshold: float | None = None, progress: bool = False,
                     abandoned: Callable[[int], bool] | None = None) -> list[EnsembleResult]:
-        """One result per text. ``abandoned(row)``, asked before each forward pass (from the thread that
-        runs it), drops texts nobody waits for any more: they are not scored and answer as failed."""
+        """One result per text (or ``Conversation``, see ``conversation_input``). ``abandoned(row)``, asked before
+        each forward pass (from the thread that runs it), drops texts nobody waits for any more: they are not
+        scored and answer as failed."""
         if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
             raise InputError(f"texts: expected a list of strings, got {type(texts).__name__}")
         for index, text in enumerate(texts):
-            _check_string(f"texts[{index}]", text, allow_none=False)
+            if not isinstance(text, Conversation):
+                _check_string(f"texts[{index}]", text, allow_none=False)
         threshold = self._resolve_threshold(threshold)
         if not texts:
             return []
         member_scores = self._member_scores(list(texts), progress, abandoned)
         return self._combine(member_scores, threshold)
+
+    def conversation_input(self, messages: Sequence[dict] | Conversation, window: int | None = None) -> Conversation:
+        """Chat messages (``[{"role", "content"}, ...]``) parsed, with at most ``window`` turns of context before the
+        judged ones (default: the config's ``conversation.window``)."""
+        conversation = messages if isinstance(messages, Conversation) else Conversation.parse(messages)
+        return conversation.windowed(self.config.conversation.window if window is None else window)
+
+    def score_conversation(self, messages: Sequence[dict] | Conversation, threshold: float | None = None,
+                           window: int | None = None) -> EnsembleResult:
+        """Judge the last user turn and its answer (when there is one) in the context of the turns before."""
+        return self.score_batch([self.conversation_input(messages, window)], threshold=threshold)[0]
 
     def score_streaming(self, prefix: str, threshold: float | None = None) -> EnsembleResult:
         """Score the response generated so far (re-encodes the whole prefix, as llm-siren does).
@@ -250,6 +289,7 @@ class Ensemble:
         state = _MemberScores(np.full((len(texts), len(self.plans)), np.nan), np.zeros(len(texts), dtype=bool),
                               [{} for _ in texts], rejected,
                               self.category_combination.empty(len(texts)) if self.category_combination else None)
+        state.conversations = {row: text for row, text in enumerate(texts) if isinstance(text, Conversation)}
         for row, reason in enumerate(rejected):
             if reason is not None:
                 _record_failure(state.errors, [row], self.member_names, reason)
@@ -269,8 +309,10 @@ class Ensemble:
             if isinstance(encoded, str):
                 _record_failure(state.errors, [row], self._names(shared), encoded)
                 continue
-            windows, cut = encoded
+            windows, cut, conversation = encoded
             state.truncated[row] |= cut
+            if conversation is not None:
+                state.encoded_conversations.setdefault(row, []).append((tuple(self._names(shared)), conversation))
             yield row, windows
 
     def _plan_work(self, passes: list[_SharedPass], cleaned: list[str | None], live: list[int],
@@ -424,19 +466,33 @@ class Ensemble:
                 score=float(decisions.scores[row]), is_harmful=bool(decisions.is_harmful[row]), threshold=threshold,
                 members=members, truncated=bool(member_scores.truncated[row]), errors=errors[row],
                 decided_by=int(decisions.decided_by[row]) if self.decision.staged else None, categories=categories[row],
+                conversation=_conversation_report(member_scores, row),
             ))
         return results
 
 
+def _conversation_report(state: _MemberScores, row: int) -> ConversationReport | None:
+    conversation = state.conversations.get(row)
+    if conversation is None:
+        return None
+    encoded = state.encoded_conversations.get(row, [])
+    read = min((found.context_turns for _, found in encoded), default=0)
+    return ConversationReport(
+        turns=conversation.turns, judged_turns=len(conversation.judged), context_turns=read,
+        dropped_turns=conversation.turns - len(conversation.judged) - read,
+        rendering={name: found.rendering for names, found in encoded for name in names},
+    )
+
+
 def _group_passes(plans: list[MemberPlan], backbones: dict[BackboneSpec, LoadedBackbone],
-                  sliding_window: SlidingWindowConfig | None) -> list[_SharedPass]:
+                  sliding_window: SlidingWindowConfig | None, template: str = "auto") -> list[_SharedPass]:
     groups: dict[tuple[BackboneSpec, int], list[int]] = {}
     for position, plan in enumerate(plans):
         groups.setdefault((plan.spec, plan.head.max_length), []).append(position)
     return [
         _SharedPass(
             backbones[spec], max_length, tuple(positions), frozenset(union_of(plans[p].head.request for p in positions)),
-            _window_stride(sliding_window, backbones[spec], max_length, plans[positions[0]]),
+            _window_stride(sliding_window, backbones[spec], max_length, plans[positions[0]]), template,
         )
         for (spec, max_length), positions in groups.items()
     ]
@@ -495,14 +551,23 @@ def _raise_first_failure(errors: list[dict[str, str]], rejected: list[str | None
             raise MemberError(f"{who} failed on text {row}: {message}")
 
 
-def _clean_each(texts: Sequence[str]) -> tuple[list[str | None], list[str | None]]:
-    """Each text cleaned, or None with the reason it cannot be scored; one bad text never fails the others."""
-    cleaned: list[str | None] = []
+def _clean_each(texts: Sequence[str | Conversation]) -> tuple[list[str | Conversation | None], list[str | None]]:
+    """Each text (each conversation turn) cleaned, or None with the reason it cannot be scored; one bad text never
+    fails the others. A turn's chat markers go too: a user cannot forge a turn of the template by typing it."""
+    cleaned: list[str | Conversation | None] = []
     rejected: list[str | None] = []
     for text in texts:
         try:
-            check_encodable(text)
-            cleaned.append(clean_text(text))
+            if isinstance(text, Conversation):
+                for index, message in enumerate(text.messages):
+                    try:
+                        check_encodable(message.content)
+                    except ValueError as error:
+                        raise ValueError(f"turn {index}: {error}") from None
+                cleaned.append(text.with_contents([clean_text(message.content) for message in text.messages]))
+            else:
+                check_encodable(text)
+                cleaned.append(clean_text(text))
             rejected.append(None)
         except Exception as error:
             cleaned.append(None)

@@ -26,16 +26,23 @@ _CORPUS = [
     "Please summarise this article about climate policy in two sentences.",
 ]
 
+#: A chat template in the shape of ChatML, for tiny models that render conversations with one.
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+)
+
 #: Small enough to build in well under a second, big enough to have distinct layers.
 TINY_DIMENSIONS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4)
 
 
-def build_tokenizer(directory: str | Path, bos: bool = True, vocab_size: int = 400):
-    """A byte-level BPE tokenizer trained on a built-in corpus; ``bos`` adds a BOS token like Llama 3."""
+def build_tokenizer(directory: str | Path, bos: bool = True, vocab_size: int = 400, chat_template: str | None = None):
+    """A byte-level BPE tokenizer trained on a built-in corpus; ``bos`` adds a BOS token like Llama 3; with
+    ``chat_template`` (e.g. ``TINY_CHAT_TEMPLATE``) it renders conversations."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|bos|>", "<|eos|>", "<|pad|>"]
+    specials = ["<|bos|>", "<|eos|>", "<|pad|>"] + (["<|im_start|>", "<|im_end|>"] if chat_template else [])
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -52,16 +59,19 @@ def build_tokenizer(directory: str | Path, bos: bool = True, vocab_size: int = 4
         tokenizer_object=backend, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>",
         model_max_length=4096,
     )
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(str(directory))
     return tokenizer
 
 
-def build_tiny_model(directory: str | Path, architecture: str = "llama", seed: int = 0, **overrides) -> Path:
+def build_tiny_model(directory: str | Path, architecture: str = "llama", seed: int = 0, chat_template: str | None = None,
+                     **overrides) -> Path:
     """Save a tiny random ``llama``, ``qwen3``, ``qwen2``, ``gpt2`` or ``bert`` model with its tokenizer."""
     import transformers
 
     directory = Path(directory)
-    tokenizer = build_tokenizer(directory, bos=architecture in ("llama", "gpt2"))
+    tokenizer = build_tokenizer(directory, bos=architecture in ("llama", "gpt2"), chat_template=chat_template)
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     dims = {**TINY_DIMENSIONS, **overrides}
     if architecture == "gpt2":

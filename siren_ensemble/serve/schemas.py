@@ -53,14 +53,22 @@ class ScoreRequest(BaseModel):
     text: StrictText | None = None
     prompt: StrictText | None = None
     response: StrictText | None = None
+    #: OpenAI-style chat messages ``[{"role", "content"}, ...]``: the last user turn and its answer are judged in
+    #: the context of the turns before (parsed by ``Conversation.parse``, whose errors name the message).
+    messages: list[Any] | None = None
+    #: With ``messages``: turns of context before the judged ones (default: the config's ``conversation.window``).
+    window: Annotated[int, Strict(), Field(ge=0, le=512)] | None = None
     threshold: Threshold | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> "ScoreRequest":
-        if self.text is not None and (self.prompt is not None or self.response is not None):
-            raise ValueError("pass either `text` or `prompt`/`response`, not both")
-        if self.text is None and self.prompt is None and self.response is None:
-            raise ValueError("provide `text`, or at least one of `prompt`/`response`")
+        forms = [self.text is not None, self.prompt is not None or self.response is not None, self.messages is not None]
+        if sum(forms) > 1:
+            raise ValueError("pass one of `text`, `prompt`/`response` or `messages`, not several")
+        if not any(forms):
+            raise ValueError("provide `text`, at least one of `prompt`/`response`, or `messages`")
+        if self.window is not None and self.messages is None:
+            raise ValueError("`window` applies to `messages` only")
         return self
 
 
