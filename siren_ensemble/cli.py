@@ -377,6 +377,25 @@ def evaluate(config_path, data_path, split, out_path, target_recall, no_baseline
     click.echo(render(report).rstrip())
 
 
+@cli.command(name="evaluate-conversations")
+@config_option
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="Conversations JSONL (`siren-ensemble data conversations`).")
+@click.option("--window", type=click.IntRange(0), help="Turns of context (default: the config's conversation.window).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the full report as JSON here.")
+def evaluate_conversations_command(config_path, data_path, window, out_path):
+    """Recall and FPR of conversations judged in context vs their last turns alone (runs the backbones)."""
+    from pathlib import Path
+
+    from .evaluation.conversations import conversation_table, evaluate_conversations
+
+    _log_progress_to_stderr()
+    report = evaluate_conversations(config_path, data_path, window, progress=sys.stderr.isatty())
+    if out_path:
+        Path(out_path).write_text(json.dumps(report, indent=2) + "\n")
+    click.echo(conversation_table(report))
+
+
 @cli.command()
 @config_option
 @click.option("--data", "data_path", required=True, help="Split directory (its validation split is used) or a labelled JSONL file.")
@@ -478,6 +497,25 @@ def data_compare(old_dir, new_dir, ignore):
         click.echo(f"{item.split}: {item.old_records} -> {item.new_records} records, {verdict}")
     if not all(item.same for item in comparisons):
         sys.exit(1)
+
+
+@data.command(name="conversations")
+@click.option("--data", "data_path", required=True, type=click.Path(file_okay=False), help="Split directory.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="JSONL file of conversations to write.")
+@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True)
+@click.option("--per-kind", type=click.IntRange(1), default=100, show_default=True, help="Conversations of each kind (at most).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def data_conversations(data_path, out_path, split, per_kind, seed):
+    """Build evaluation conversations from a split: harmful requests spread over turns, harmful requests after
+    benign chat, benign multi-turn chats, and benign chats whose last turn alone looks alarming."""
+    from collections import Counter
+
+    from .data.conversations import conversations_from_split, write_conversations
+
+    conversations = conversations_from_split(data_path, split, per_kind, seed)
+    write_conversations(out_path, conversations)
+    counts = Counter(item.kind for item in conversations)
+    click.echo(f"{out_path}: {len(conversations)} conversations ({', '.join(f'{k} {v}' for k, v in counts.items())})")
 
 
 @data.command(name="sources")
