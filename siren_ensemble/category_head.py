@@ -18,13 +18,13 @@ from typing import Annotated
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from . import files
 from .errors import ArtifactError
 from .head import HeadConfig, MAX_INPUT_DIM, MAX_LAYER_DIM
+from .strict_weights import load_strictly
 from .taxonomy import check_categories
 from .validation import format_validation_error
 
@@ -144,21 +144,8 @@ def read_category_config(config_file: Path) -> CategoryHeadConfig:
 
 
 def _load_weights(mlp: CategoryMLP, weights_file: Path) -> None:
-    if not weights_file.is_file():
-        raise ArtifactError(f"{weights_file}: missing (a category head is {CONFIG_FILE} and {WEIGHTS_FILE})")
-    try:
-        state = load_file(str(weights_file), device="cpu")
-    except (SafetensorError, OSError) as error:
-        raise ArtifactError(f"{weights_file}: not a readable safetensors file ({error})") from None
-    expected = mlp.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ArtifactError(f"{weights_file}: tensors do not match hidden_dims/categories in {CONFIG_FILE} "
-                            f"(missing: {missing or 'none'}; unexpected: {unexpected or 'none'})")
-    for key, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise ArtifactError(f"{weights_file}: tensor {key} has shape {tuple(tensor.shape)}, "
-                                f"{CONFIG_FILE} implies {tuple(expected[key].shape)}")
+    load_strictly(mlp, weights_file, CONFIG_FILE, "hidden_dims/categories",
+                  missing=f"a category head is {CONFIG_FILE} and {WEIGHTS_FILE}")
+    for key, tensor in mlp.state_dict().items():
         if not torch.isfinite(tensor).all():
             raise ArtifactError(f"{weights_file}: tensor {key} holds non-finite values")
-    mlp.load_state_dict({key: tensor.to(torch.float32) for key, tensor in state.items()}, strict=True)
