@@ -138,7 +138,8 @@ def test_generated_records_inherit_their_requests_categories_and_benign_ones_hav
 
 
 def test_compare_split_dirs_ignores_only_the_named_fields(categorised_sources, tmp_path):
-    write_split_dir(build_dataset(BuildOptions(sources=categorised_sources)), tmp_path / "new")
+    manifest = write_split_dir(build_dataset(BuildOptions(sources=categorised_sources)), tmp_path / "new")
+    assert sum(manifest["categories"][name]["weapons"] for name in SPLITS) > 0
     old = tmp_path / "old"
     old.mkdir()
     for name in SPLITS:

@@ -62,7 +62,9 @@ def build_manifest(dataset: BuiltDataset, hashes: dict[str, str]) -> dict:
             **stats.dedupe.to_json(),
         },
         "characters": {name: sum(len(r.scored_text) for r in dataset.splits[name]) for name in SPLITS},
-        "categories": {name: category_counts(dataset.splits[name]) for name in SPLITS},
+        # Only when records carry categories: a build without them keeps the manifest it had before they existed.
+        **({"categories": {name: category_counts(dataset.splits[name]) for name in SPLITS}}
+           if any(r.categories for name in SPLITS for r in dataset.splits[name]) else {}),
     }
 
 
