@@ -18,13 +18,12 @@ from typing import Annotated
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from safetensors.torch import save_file
 from torch import nn
 
 from . import files
 from .errors import ArtifactError
 from .head import HeadConfig, MAX_INPUT_DIM, MAX_LAYER_DIM
-from .strict_weights import load_strictly
+from .module_files import load_strictly, save_module
 from .taxonomy import check_categories
 from .validation import format_validation_error
 
@@ -109,12 +108,7 @@ class CategoryHead(nn.Module):
                                 f"weights than {head_source}'s; train it again (`siren-ensemble train-categories`)")
 
     def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_FILE).write_text(json.dumps(self.config.model_dump(mode="json"), indent=2) + "\n")
-        state = {key: value.detach().cpu().contiguous() for key, value in self.mlp.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE))
-        return directory
+        return save_module(directory, CONFIG_FILE, self.config.model_dump(mode="json"), WEIGHTS_FILE, self.mlp)
 
     @classmethod
     def load(cls, directory: str | Path) -> "CategoryHead":

@@ -16,12 +16,11 @@ from typing import Annotated, Literal, Mapping
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, NonNegativeInt, ValidationError
-from safetensors.torch import save_file
 from torch import nn
 
 from . import files
 from .errors import ArtifactError
-from .strict_weights import load_strictly
+from .module_files import load_strictly, save_module
 from .validation import format_validation_error
 
 CONFIG_FILE = "siren_config.json"
@@ -194,12 +193,7 @@ class SirenHead(nn.Module):
                 )
 
     def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_json_dict(), indent=2) + "\n")
-        state = {key: value.detach().cpu().contiguous() for key, value in self.mlp.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE))
-        return directory
+        return save_module(directory, CONFIG_FILE, self.config.to_json_dict(), WEIGHTS_FILE, self.mlp)
 
     @classmethod
     def load(cls, directory: str | Path) -> "SirenHead":
