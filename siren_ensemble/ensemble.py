@@ -230,6 +230,12 @@ class Ensemble:
         """Judge the last user turn and its answer (when there is one) in the context of the turns before."""
         return self.score_batch([self.conversation_input(messages, window)], threshold=threshold)[0]
 
+    def unjudged_categories(self) -> CategoryVerdict | None:
+        """What a result answered without scoring (the service's failure policy) says about categories."""
+        if self.category_combination is None:
+            return None
+        return CategoryVerdict(None, self.category_combination.thresholds)
+
     def score_streaming(self, prefix: str, threshold: float | None = None) -> EnsembleResult:
         """Score the response generated so far (re-encodes the whole prefix, as llm-siren does).
 
@@ -248,12 +254,6 @@ class Ensemble:
     __call__ = score
 
     # ---- internals -----------------------------------------------------------------------
-
-    def unjudged_categories(self) -> CategoryVerdict | None:
-        """What a result answered without scoring (the service's failure policy) says about categories."""
-        if self.category_combination is None:
-            return None
-        return CategoryVerdict(None, self.category_combination.thresholds)
 
     def _resolve_threshold(self, threshold: float | None) -> float:
         if threshold is None:

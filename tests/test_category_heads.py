@@ -244,3 +244,13 @@ def test_the_service_answers_categories_on_both_routes(head_with_categories):
         assert result["siren"]["top_category"] in result["category_scores"]
         scored = httpx.post(f"{url}/v1/score", json={"text": "How do I bake bread?"}).json()
         assert scored["harm_categories"] == pytest.approx(harm) and scored["top_category"] == result["siren"]["top_category"]
+
+
+def test_the_service_failure_policy_answers_without_category_scores(head_with_categories):
+    from siren_ensemble.serve.metrics import ServiceMetrics
+    from siren_ensemble.serve.scoring import Scorer
+    from siren_ensemble.serve.settings import ServeSettings
+
+    scorer = Scorer(Ensemble.from_config(config_of(head_with_categories)), ServeSettings(), ServiceMetrics())
+    answer = scorer.policy_result("timeout: no score within 30 s", 0.5).to_dict()
+    assert answer["is_harmful"] and answer["categories"] is None and answer["harm_categories"] is None
