@@ -25,7 +25,8 @@ DEFAULT_MEMBERS := smollm2-135m qwen2.5-coder-0.5b gemma3-270m
 DEFAULT_TRAIN_OPTIONS := --dtype bfloat16 --max-length 512 --seed 0 --trials 24 --jobs 2
 HEADS_OUT ?= retrained-heads
 
-.PHONY: install install-models install-test install-data data default-split evaluate-default train-default test demo tiny-demo clean
+.PHONY: install install-models install-test install-data data default-split evaluate-default train-default \
+	train-default-categories conversations-default test demo tiny-demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +66,18 @@ train-default: install-models default-split
 	for member in $(DEFAULT_MEMBERS); do \
 		$(BIN)/siren-ensemble train --member $$member --data $(DEFAULT_SPLIT) --out $(HEADS_OUT)/$$member $(DEFAULT_TRAIN_OPTIONS) || exit 1; \
 	done
+
+# Category heads beside the three committed heads (written into siren_ensemble/default_ensemble/heads/), from
+# the features train cached: the rebuilt split keeps every text (`siren-ensemble data compare` checks it).
+train-default-categories: install-models default-split
+	for member in $(DEFAULT_MEMBERS); do \
+		$(BIN)/siren-ensemble train-categories --member $$member --data $(DEFAULT_SPLIT) || exit 1; \
+	done
+
+# Conversations built from the test split, judged in context and by their last turns alone (runs the backbones).
+conversations-default: install-models default-split
+	$(BIN)/siren-ensemble data conversations --data $(DEFAULT_SPLIT) --out conversations.jsonl
+	$(BIN)/siren-ensemble evaluate-conversations --data conversations.jsonl --out conversations-report.json
 
 test: install-test
 	$(BIN)/python -m pytest -q

@@ -40,14 +40,17 @@ config_option = click.option(
 @cli.command()
 @config_option
 @click.argument("texts", nargs=-1)
-@click.option("--input", "input_path", help="File of inputs: .txt (one per line), .jsonl (`text` or `prompt`/`response`, optional `id`), or - for stdin.")
+@click.option("--input", "input_path", help="File of inputs: .txt (one per line), .jsonl (`text`, `prompt`/`response` or chat "
+              "`messages`, optional `id`), or - for stdin.")
 @click.option("--prompt", help="Prompt of a prompt/response pair.")
 @click.option("--response", help="Response of a prompt/response pair.")
 @click.option("--threshold", type=click.FloatRange(0, 1), help="Override the ensemble's decision threshold.")
 @click.option("--format", "output_format", type=click.Choice(["jsonl", "table"]), default="jsonl", show_default=True)
 @click.option("--fail-on-harmful", is_flag=True, help="Exit with status 1 when any input is harmful.")
 @click.option("--verbose", "-v", is_flag=True, help="Report on stderr each member's dtype (and why) once the models are loaded.")
-def score(config_path, texts, input_path, prompt, response, threshold, output_format, fail_on_harmful, verbose):
+@click.option("--window", type=click.IntRange(0), help="Chat `messages`: turns before the judged ones read as context "
+              "(default: the config's conversation.window).")
+def score(config_path, texts, input_path, prompt, response, threshold, output_format, fail_on_harmful, verbose, window):
     """Score TEXTS, an --input file, or one --prompt/--response pair."""
     from .ensemble import Ensemble
     from .inputs import InputRecord, read_inputs
@@ -67,7 +70,9 @@ def score(config_path, texts, input_path, prompt, response, threshold, output_fo
     if verbose:
         for name, choice in ensemble.precision.items():
             click.echo(f"{name}: dtype {choice.describe()}", err=True)
-    results = ensemble.score_batch([record.text for record in records], threshold=threshold, progress=sys.stderr.isatty())
+    inputs = [ensemble.conversation_input(record.conversation, window) if record.conversation else record.text
+              for record in records]
+    results = ensemble.score_batch(inputs, threshold=threshold, progress=sys.stderr.isatty())
     rows = [_output_row(record, result) for record, result in zip(records, results)]
     if output_format == "table":
         _print_table(rows, records, ensemble.member_names)
@@ -90,7 +95,8 @@ def _output_row(record, result) -> dict:
 
 def _print_table(rows, records, member_names) -> None:
     staged = any("decided_by" in row for row in rows)
-    header = ["#", "score", "harmful", *(["stage"] if staged else []), *member_names, "text"]
+    categorised = any("top_category" in row for row in rows)
+    header = ["#", "score", "harmful", *(["stage"] if staged else []), *(["category"] if categorised else []), *member_names, "text"]
     lines = []
     for index, (row, record) in enumerate(zip(rows, records)):
         label = row.get("id", row.get("line", index + 1))
@@ -101,6 +107,7 @@ def _print_table(rows, records, member_names) -> None:
             for name in member_names
         ]
         stage_cell = [str(row.get("decided_by", "-"))] if staged else []
+        stage_cell += [row.get("top_category") or "-"] if categorised else []
         # backslashreplace: a lone surrogate (scored as a per-text error) cannot be printed as it is
         preview = " ".join(record.text.split()).encode("utf-8", "backslashreplace").decode("utf-8")
         preview = preview if len(preview) <= 48 else preview[:45] + "..."
@@ -229,8 +236,10 @@ def _parse_layers(value: str | None) -> tuple[int, ...] | None:
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="Processes fitting the stage-1 layer probes side by side (same result).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache (default: $SIREN_ENSEMBLE_CACHE or ~/.cache/siren-ensemble).")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write the per-layer probe F1 plot here.")
+@click.option("--categories", "with_categories", is_flag=True,
+              help="Also train a category head on the same features (categories.json + categories.safetensors beside the head).")
 def train(backbone, model, gguf_file, sha256, revision, member, config_path, data_path, out_dir, eta, trials, folds, layers_text,
-          max_layer, depth_budget, max_length, device, dtype, seed, jobs, cache_dir, plots_dir):
+          max_layer, depth_budget, max_length, device, dtype, seed, jobs, cache_dir, plots_dir, with_categories):
     """Train a SIREN head (layer probes, safety neurons, MLP search) on a split directory."""
     from pathlib import Path
 
@@ -260,6 +269,52 @@ def train(backbone, model, gguf_file, sha256, revision, member, config_path, dat
 
         layer_f1({Path(out_dir).name: report}, Path(plots_dir) / "layer_f1.png")
     click.echo((Path(out_dir) / SUMMARY_FILE).read_text().rstrip())
+    if with_categories:
+        from .training.categories import CategoryTrainOptions, summarise_categories, train_category_head
+
+        # The features train just read or extracted: from the cache.
+        category_report = train_category_head(extractor, data_path, out_dir, CategoryTrainOptions(seed=seed),
+                                              progress=sys.stderr.isatty())
+        click.echo(summarise_categories(category_report))
+
+
+@cli.command(name="train-categories")
+@click.option("--member", required=True, help="The member of --config whose head gets a category head.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="The ensemble config (default: the packaged default).")
+@click.option("--data", "data_path", required=True, type=click.Path(file_okay=False), help="Split directory with `categories` on its records.")
+@click.option("--head", "head_dir", type=click.Path(file_okay=False),
+              help="The SIREN head directory to read and write the category head into (default: the member's head).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+              help="Dtype of the features (default: the one in the head's training_report.json, which names the cached features; else the member's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--min-examples", type=click.IntRange(1), default=10, show_default=True,
+              help="A category needs this many harmful train records to get an output.")
+@click.option("--cached-only", is_flag=True, help="Fail rather than run the backbone when the features are not cached.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
+def train_categories(member, config_path, data_path, head_dir, dtype, seed, min_examples, cached_only, cache_dir):
+    """Add a category head to an existing SIREN head, leaving the head itself untouched (features from the cache)."""
+    from pathlib import Path
+
+    from .config import load_config
+    from .head import SirenHead
+    from .members import adapter_of_member, member_head_directory, member_named
+    from .training.categories import CategoryTrainOptions, summarise_categories, train_category_head
+    from .training.feature_cache import FeatureExtractor
+    from .training.pipeline import REPORT_FILE
+
+    _log_progress_to_stderr()
+    config = load_config(config_path or DEFAULT_CONFIG)
+    directory = Path(head_dir) if head_dir else member_head_directory(member_named(config, member), config.base_dir)
+    head = SirenHead.load(directory)
+    report_path = directory / REPORT_FILE
+    if dtype is None and report_path.is_file():
+        dtype = json.loads(report_path.read_text())["backbone"]["dtype"]
+    adapter = adapter_of_member(config, member, dtype=dtype)
+    extractor = FeatureExtractor(adapter, max_length=head.max_length, pooling=head.config.pooling, cache_dir=cache_dir)
+    report = train_category_head(extractor, data_path, directory, CategoryTrainOptions(seed=seed, min_train_examples=min_examples),
+                                 progress=sys.stderr.isatty(), cached_only=cached_only)
+    click.echo(f"{directory}: wrote categories.json, categories.safetensors, categories_report.json")
+    click.echo(summarise_categories(report))
 
 
 @cli.command()
@@ -322,6 +377,25 @@ def evaluate(config_path, data_path, split, out_path, target_recall, no_baseline
     click.echo(render(report).rstrip())
 
 
+@cli.command(name="evaluate-conversations")
+@config_option
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="Conversations JSONL (`siren-ensemble data conversations`).")
+@click.option("--window", type=click.IntRange(0), help="Turns of context (default: the config's conversation.window).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the full report as JSON here.")
+def evaluate_conversations_command(config_path, data_path, window, out_path):
+    """Recall and FPR of conversations judged in context vs their last turns alone (runs the backbones)."""
+    from pathlib import Path
+
+    from .evaluation.conversations import conversation_table, evaluate_conversations
+
+    _log_progress_to_stderr()
+    report = evaluate_conversations(config_path, data_path, window, progress=sys.stderr.isatty())
+    if out_path:
+        Path(out_path).write_text(json.dumps(report, indent=2) + "\n")
+    click.echo(conversation_table(report))
+
+
 @cli.command()
 @config_option
 @click.option("--data", "data_path", required=True, help="Split directory (its validation split is used) or a labelled JSONL file.")
@@ -335,9 +409,11 @@ def evaluate(config_path, data_path, split, out_path, target_recall, no_baseline
               help="Cascade combiner: recall its bands may lose, and FPR they may add, against running every member (at the threshold, on validation).")
 @click.option("--cascade-min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
               help="Cascade combiner: share of validation verdicts that must equal running every member's.")
+@click.option("--per-category", is_flag=True,
+              help="Also pick each harm category's threshold (best validation F1) for `category_thresholds:` (needs category heads).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
 def calibrate(config_path, data_path, target_recall, per_source, min_source_harmful, method, calibration_out, write_config,
-              cascade_tolerance, cascade_min_agreement, cache_dir):
+              cascade_tolerance, cascade_min_agreement, per_category, cache_dir):
     """Pick the threshold that reaches --target-recall on validation data and report the FPR it costs.
 
     With the cascade combiner, also fit each stage's bands (low/high) at that threshold: the widest that keep the
@@ -347,15 +423,21 @@ def calibrate(config_path, data_path, target_recall, per_source, min_source_harm
 
     rule = BandRule(max_recall_loss=cascade_tolerance, max_fpr_rise=cascade_tolerance, min_agreement=cascade_min_agreement)
     report = run_calibration(config_path, data_path, target_recall, per_source, method, calibration_out, cache_dir,
-                             progress=sys.stderr.isatty(), min_source_harmful=min_source_harmful, band_rule=rule)
+                             progress=sys.stderr.isatty(), min_source_harmful=min_source_harmful, band_rule=rule,
+                             per_category=per_category)
+    categories = report["categories"]
     if write_config:
         write_calibrated_config(config_path, write_config, report["threshold"], calibration_out if method else None,
-                                report["cascade"])
+                                report["cascade"], categories["category_thresholds"] if categories else None)
         report["written_config"] = write_config
     summary = {key: report[key] for key in ("threshold", "target_recall", "worst_recall_source", "worst_fpr_source", "calibration")}
     summary.update({"recall": report["validation"]["recall"], "fpr": report["validation"]["fpr"]})
     if report["cascade"] is not None:
         summary["cascade"] = report["cascade"]
+    if categories:
+        summary["category_thresholds"] = categories["category_thresholds"]
+        summary["category_macro_f1"] = {"configured": categories["configured"]["macro_f1"],
+                                        "calibrated": categories["calibrated"]["macro_f1"]}
     click.echo(json.dumps(summary | ({"written_config": write_config} if write_config else {})))
 
 
@@ -397,6 +479,43 @@ def data_build(out_dir, seed, max_per_source, max_chars, source_names, no_templa
         return
     click.echo(f"{out_dir}: {manifest['records']} records")
     click.echo(format_tables(manifest))
+
+
+@data.command(name="compare")
+@click.argument("old_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("new_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--ignore", multiple=True, default=("categories",), show_default=True,
+              help="Record fields left out of the comparison (repeat).")
+def data_compare(old_dir, new_dir, ignore):
+    """Check that NEW_DIR holds OLD_DIR's records, split by split and in order, apart from the --ignore fields
+    (so cached features stay valid); exit 1 when they differ."""
+    from .data.compare import compare_split_dirs
+
+    comparisons = compare_split_dirs(old_dir, new_dir, tuple(ignore))
+    for item in comparisons:
+        verdict = "same" if item.same else f"DIFFERENT from line {item.first_difference}"
+        click.echo(f"{item.split}: {item.old_records} -> {item.new_records} records, {verdict}")
+    if not all(item.same for item in comparisons):
+        sys.exit(1)
+
+
+@data.command(name="conversations")
+@click.option("--data", "data_path", required=True, type=click.Path(file_okay=False), help="Split directory.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="JSONL file of conversations to write.")
+@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True)
+@click.option("--per-kind", type=click.IntRange(1), default=100, show_default=True, help="Conversations of each kind (at most).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def data_conversations(data_path, out_path, split, per_kind, seed):
+    """Build evaluation conversations from a split: harmful requests spread over turns, harmful requests after
+    benign chat, benign multi-turn chats, and benign chats whose last turn alone looks alarming."""
+    from collections import Counter
+
+    from .data.conversations import conversations_from_split, write_conversations
+
+    conversations = conversations_from_split(data_path, split, per_kind, seed)
+    write_conversations(out_path, conversations)
+    counts = Counter(item.kind for item in conversations)
+    click.echo(f"{out_path}: {len(conversations)} conversations ({', '.join(f'{k} {v}' for k, v in counts.items())})")
 
 
 @data.command(name="sources")

@@ -7,7 +7,7 @@ directory of the config file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from . import files, plugins
 from .errors import ConfigError
 from .precision import INT8, check_int8_device
+from .taxonomy import BY_KEY, unknown_category_message
 from .validation import format_validation_error
 from .weights import is_gguf_reference, resolve_path
 
@@ -84,6 +85,15 @@ class SlidingWindowConfig(_Strict):
     stride: int | None = Field(None, ge=1)
 
 
+class ConversationConfig(_Strict):
+    """How chat messages are judged: the last user turn and its answer, in the context of earlier turns."""
+
+    #: Turns before the judged ones read as context (the nearest); 0 judges the last turns alone.
+    window: int = Field(6, ge=0, le=512)
+    #: auto: each backbone's chat template when its tokenizer has one, else "role: content" lines; plain: always lines.
+    template: Literal["auto", "plain"] = "auto"
+
+
 class EnsembleConfig(_Strict):
     members: list[MemberConfig] = Field(min_length=1)
     combiner: CombinerConfig = CombinerConfig()
@@ -94,6 +104,9 @@ class EnsembleConfig(_Strict):
     calibration: str | None = None
     #: Unset (the default): a long text is truncated to the head's max_length, as llm-siren does.
     sliding_window: SlidingWindowConfig | None = None
+    #: Harm category -> threshold on its ensemble score (``calibrate --per-category``); unlisted ones use 0.5.
+    category_thresholds: dict[str, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] = {}
+    conversation: ConversationConfig = ConversationConfig()
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="config")
@@ -163,6 +176,9 @@ class EnsembleConfig(_Strict):
                     f"{where}.sha256: pins a GGUF file (model: a .gguf path, a pkg: file or a list of parts, or "
                     f"gguf_file); for a hub repository or a directory pin `revision` instead"
                 )
+        for key in self.category_thresholds:
+            if key not in BY_KEY:
+                raise ConfigError(f"category_thresholds.{key}: {unknown_category_message(key)}")
         combiner_registry = plugins.combiners()
         if self.combiner.type not in combiner_registry:
             raise ConfigError(f"combiner.type: {combiner_registry.unknown_message(self.combiner.type)}")

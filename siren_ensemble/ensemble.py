@@ -14,10 +14,14 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from .backbones.base import BackboneSpec
+from .category_scores import CategoryCombination, CategoryVerdict
 from .config import BatchingConfig, EnsembleConfig, SlidingWindowConfig, load_config
+from .conversation import Conversation, ConversationReport
+from .conversation_encoding import EncodedConversation, encode_conversation
 from .decision import ENSEMBLE_ERROR_KEY, DecisionPath
 from .encoding import SpecialTokenLayout, encode_windows, plan_batches
 from .errors import ConfigError, InputError, MemberError, SirenError
@@ -44,13 +48,22 @@ class EnsembleResult:
     #: With the cascade combiner: the index (into ``combiner.stages``) of the stage that decided the text;
     #: members of later stages did not run on it (their score is ``None``, without an error).
     decided_by: int | None = None
+    #: Harm categories, when members have category heads (``None``: they have none, and outputs carry no categories).
+    categories: CategoryVerdict | None = None
+    #: For a conversation: which turns were read (``truncated`` then says whether the judged turns were cut).
+    conversation: ConversationReport | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        del data["categories"]
         if not self.errors:
             del data["errors"]
         if self.decided_by is None:
             del data["decided_by"]
+        if self.conversation is None:
+            del data["conversation"]
+        if self.categories is not None:
+            data.update(self.categories.to_dict(self.is_harmful))
         return data
 
 
@@ -65,6 +78,8 @@ class _SharedPass:
     wanted: frozenset[tuple[str, int]]
     #: Tokens between sliding windows over a long text; None: truncate to max_length.
     window_stride: int | None = None
+    #: How conversations are rendered (``conversation.template``).
+    template: str = "auto"
 
     def encode(self, cleaned: list[str]) -> list[tuple[list[list[int]], bool]]:
         """Per text, the token ids of each window to score, and whether the text was cut."""
@@ -80,8 +95,23 @@ class _SharedPass:
             return None
         return replace(self, member_positions=kept, wanted=frozenset(union_of(plans[p].head.request for p in kept)))
 
-    def encode_each(self, cleaned: list[str]) -> list[tuple[list[list[int]], bool] | str]:
-        """As ``encode``, but a text the tokenizer cannot read gets the reason in its place, not the batch's error."""
+    def encode_each(self, cleaned: list[str | Conversation]) -> list[tuple[list[list[int]], bool, EncodedConversation | None] | str]:
+        """As ``encode`` (a conversation: its turns that fit, rendered for this backbone), but an input the
+        tokenizer cannot read gets the reason in its place, not the batch's error."""
+        encoded: list = [None] * len(cleaned)
+        texts = [row for row, item in enumerate(cleaned) if isinstance(item, str)]
+        for row, item in zip(texts, self._encode_texts([cleaned[row] for row in texts])):
+            encoded[row] = item if isinstance(item, str) else (*item, None)
+        for row, item in enumerate(cleaned):
+            if isinstance(item, Conversation):
+                try:
+                    found = encode_conversation(self.backbone.tokenizer, item, self.max_length, self.template)
+                    encoded[row] = ([found.ids], found.truncated, found)
+                except Exception as error:
+                    encoded[row] = f"tokenisation failed: {type(error).__name__}: {error}"
+        return encoded
+
+    def _encode_texts(self, cleaned: list[str]) -> list[tuple[list[list[int]], bool] | str]:
         try:
             return list(self.encode(cleaned))
         except Exception:  # find the text(s) to blame: tokenising alone gives every other text the same ids
@@ -102,6 +132,11 @@ class _MemberScores:
     errors: list[dict[str, str]]
     #: Per text, why it could not be scored at all (cleaning failed), else None.
     rejected: list[str | None]
+    #: texts x members x categories (``CategoryCombination``), NaN where unscored; None without category heads.
+    categories: np.ndarray | None = None
+    #: Per conversation (by row): the input, and per pass that encoded it, its members and what they read.
+    conversations: dict[int, Conversation] = field(default_factory=dict)
+    encoded_conversations: dict[int, list[tuple[tuple[str, ...], EncodedConversation]]] = field(default_factory=dict)
 
 
 class Ensemble:
@@ -112,7 +147,7 @@ class Ensemble:
         self.member_names = [plan.name for plan in plans]
         #: Member scores -> member calibration -> combiner -> calibration -> threshold -> failure policy.
         self.decision = decision or DecisionPath.from_config(config, plans)
-        self._passes = _group_passes(plans, backbones, config.sliding_window)
+        self._passes = _group_passes(plans, backbones, config.sliding_window, config.conversation.template)
         #: Per cascade stage, (index into ``_passes``, that pass scoring only the stage's members); one stage
         #: holding every pass for the other combiners. Members sharing a pass but not a stage each pay its forward.
         self._stage_passes = [
@@ -122,6 +157,10 @@ class Ensemble:
         self._lock = threading.Lock()
         for plan in plans:
             plan.head.to(backbones[plan.spec].input_device)
+            if plan.categories is not None:
+                plan.categories.to(backbones[plan.spec].input_device)
+        #: How member category scores combine; None when no member has a category head.
+        self.category_combination = CategoryCombination.for_members(config, plans)
 
     @property
     def threshold(self) -> float:
@@ -164,19 +203,38 @@ class Ensemble:
             text = join_prompt_response(prompt, response)
         return self.score_batch([text], threshold=threshold)[0]
 
-    def score_batch(self, texts: Sequence[str], threshold: float | None = None, progress: bool = False,
+    def score_batch(self, texts: Sequence[str | Conversation], threshold: float | None = None, progress: bool = False,
                     abandoned: Callable[[int], bool] | None = None) -> list[EnsembleResult]:
-        """One result per text. ``abandoned(row)``, asked before each forward pass (from the thread that
-        runs it), drops texts nobody waits for any more: they are not scored and answer as failed."""
+        """One result per text (or ``Conversation``, see ``conversation_input``). ``abandoned(row)``, asked before
+        each forward pass (from the thread that runs it), drops texts nobody waits for any more: they are not
+        scored and answer as failed."""
         if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
             raise InputError(f"texts: expected a list of strings, got {type(texts).__name__}")
         for index, text in enumerate(texts):
-            _check_string(f"texts[{index}]", text, allow_none=False)
+            if not isinstance(text, Conversation):
+                _check_string(f"texts[{index}]", text, allow_none=False)
         threshold = self._resolve_threshold(threshold)
         if not texts:
             return []
         member_scores = self._member_scores(list(texts), progress, abandoned)
         return self._combine(member_scores, threshold)
+
+    def conversation_input(self, messages: Sequence[dict] | Conversation, window: int | None = None) -> Conversation:
+        """Chat messages (``[{"role", "content"}, ...]``) parsed, with at most ``window`` turns of context before the
+        judged ones (default: the config's ``conversation.window``)."""
+        conversation = messages if isinstance(messages, Conversation) else Conversation.parse(messages)
+        return conversation.windowed(self.config.conversation.window if window is None else window)
+
+    def score_conversation(self, messages: Sequence[dict] | Conversation, threshold: float | None = None,
+                           window: int | None = None) -> EnsembleResult:
+        """Judge the last user turn and its answer (when there is one) in the context of the turns before."""
+        return self.score_batch([self.conversation_input(messages, window)], threshold=threshold)[0]
+
+    def unjudged_categories(self) -> CategoryVerdict | None:
+        """What a result answered without scoring (the service's failure policy) says about categories."""
+        if self.category_combination is None:
+            return None
+        return CategoryVerdict(None, self.category_combination.thresholds)
 
     def score_streaming(self, prefix: str, threshold: float | None = None) -> EnsembleResult:
         """Score the response generated so far (re-encodes the whole prefix, as llm-siren does).
@@ -221,7 +279,7 @@ class Ensemble:
                 work = self._plan_work([shared for _, shared in passes], cleaned, live, state)
                 bar.total += len(work)
                 bar.refresh()
-                self._run_work(work, state.scores, state.errors, bar, abandoned)
+                self._run_work(work, state, bar, abandoned)
         return state
 
     def _start(self, texts: list[str]) -> tuple[list[str | None], _MemberScores, list[int]]:
@@ -229,7 +287,9 @@ class Ensemble:
         member), and the rows left to score."""
         cleaned, rejected = _clean_each(texts)
         state = _MemberScores(np.full((len(texts), len(self.plans)), np.nan), np.zeros(len(texts), dtype=bool),
-                              [{} for _ in texts], rejected)
+                              [{} for _ in texts], rejected,
+                              self.category_combination.empty(len(texts)) if self.category_combination else None)
+        state.conversations = {row: text for row, text in enumerate(texts) if isinstance(text, Conversation)}
         for row, reason in enumerate(rejected):
             if reason is not None:
                 _record_failure(state.errors, [row], self.member_names, reason)
@@ -249,8 +309,10 @@ class Ensemble:
             if isinstance(encoded, str):
                 _record_failure(state.errors, [row], self._names(shared), encoded)
                 continue
-            windows, cut = encoded
+            windows, cut, conversation = encoded
             state.truncated[row] |= cut
+            if conversation is not None:
+                state.encoded_conversations.setdefault(row, []).append((tuple(self._names(shared)), conversation))
             yield row, windows
 
     def _plan_work(self, passes: list[_SharedPass], cleaned: list[str | None], live: list[int],
@@ -267,15 +329,14 @@ class Ensemble:
                 work.append((shared, [rows[i] for i in batch], [sequences[i] for i in batch]))
         return work
 
-    def _run_work(self, work, scores: np.ndarray, errors: list[dict[str, str]], bar,
-                  abandoned: Callable[[int], bool] | None = None) -> None:
+    def _run_work(self, work, state: _MemberScores, bar, abandoned: Callable[[int], bool] | None = None) -> None:
         with self._lock:
             def run_all(device_work):
                 for shared, batch, sequences in device_work:
                     if abandoned is not None:
-                        batch, sequences = self._drop_abandoned(shared, batch, sequences, abandoned, errors)
+                        batch, sequences = self._drop_abandoned(shared, batch, sequences, abandoned, state.errors)
                     if batch:
-                        self._run_pass(shared, batch, sequences, scores, errors)  # each member writes its own column
+                        self._run_pass(shared, batch, sequences, state)  # each member writes its own column
                     bar.update()
 
             by_device: dict[str, list] = {}
@@ -338,8 +399,7 @@ class Ensemble:
                 rows.append(row)
                 sequences.append(windows[0])
         for batch in _plan(self.config.batching, [len(ids) for ids in afresh]):
-            self._run_pass(shared, [afresh_rows[i] for i in batch], [afresh[i] for i in batch], state.scores,
-                           state.errors)
+            self._run_pass(shared, [afresh_rows[i] for i in batch], [afresh[i] for i in batch], state)
         if not rows:
             return
         try:
@@ -348,29 +408,36 @@ class Ensemble:
             stream.reset()
             self._record_forward_failure(shared, rows, error, state.errors)
             return
-        self._score_heads(shared, rows, pooled, state.scores, state.errors)
+        self._score_heads(shared, rows, pooled, state)
 
-    def _run_pass(self, shared: _SharedPass, batch: list[int], sequences, scores: np.ndarray, errors) -> None:
+    def _run_pass(self, shared: _SharedPass, batch: list[int], sequences, state: _MemberScores) -> None:
         try:
             pooled = shared.backbone.pooled_states(sequences, shared.wanted)
         except Exception as error:  # fail closed on anything the forward pass raises
-            self._record_forward_failure(shared, batch, error, errors)
+            self._record_forward_failure(shared, batch, error, state.errors)
             return
-        self._score_heads(shared, batch, pooled, scores, errors)
+        self._score_heads(shared, batch, pooled, state)
 
     def _record_forward_failure(self, shared: _SharedPass, batch: list[int], error: Exception, errors) -> None:
         _record_failure(errors, batch, self._names(shared), f"forward pass failed: {type(error).__name__}: {error}")
 
-    def _score_heads(self, shared: _SharedPass, batch: list[int], pooled, scores: np.ndarray, errors) -> None:
+    def _score_heads(self, shared: _SharedPass, batch: list[int], pooled, state: _MemberScores) -> None:
+        scores, errors = state.scores, state.errors
         members = [self.plans[position] for position in shared.member_positions]
         for position, plan in zip(shared.member_positions, members):
             try:
                 request = plan.head.request
-                probabilities = plan.head({layer: pooled[(request.pooling, layer)] for layer in request.layers})
-                values = probabilities.detach().cpu().double().numpy()
+                read = {layer: pooled[(request.pooling, layer)] for layer in request.layers}
+                values = plan.head(read).detach().cpu().double().numpy()
+                categories = None
+                if plan.categories is not None:  # the features again: an index_select, nothing next to the forward pass
+                    with torch.inference_mode():
+                        categories = plan.categories(plan.head.features(read)).cpu().double().numpy()
             except Exception as error:
                 _record_failure(errors, batch, [plan.name], f"head failed: {type(error).__name__}: {error}")
                 continue
+            if categories is not None:
+                self.category_combination.record(state.categories, batch, position, categories)
             for row, value in zip(batch, values):
                 if math.isfinite(value):
                     # A text scored by several windows keeps its highest window's score.
@@ -385,6 +452,8 @@ class Ensemble:
             _raise_first_failure(errors, member_scores.rejected)
         decisions = self.decision.decide(scores, self._failed_members(errors), threshold)
         errors = [{**row_errors, **found} for row_errors, found in zip(errors, decisions.errors)]
+        categories = self.category_combination.verdicts(member_scores.categories, decisions.failed) \
+            if self.category_combination else [None] * len(scores)
         if raises:
             _raise_first_failure(errors, member_scores.rejected)
         results = []
@@ -396,20 +465,34 @@ class Ensemble:
             results.append(EnsembleResult(
                 score=float(decisions.scores[row]), is_harmful=bool(decisions.is_harmful[row]), threshold=threshold,
                 members=members, truncated=bool(member_scores.truncated[row]), errors=errors[row],
-                decided_by=int(decisions.decided_by[row]) if self.decision.staged else None,
+                decided_by=int(decisions.decided_by[row]) if self.decision.staged else None, categories=categories[row],
+                conversation=_conversation_report(member_scores, row),
             ))
         return results
 
 
+def _conversation_report(state: _MemberScores, row: int) -> ConversationReport | None:
+    conversation = state.conversations.get(row)
+    if conversation is None:
+        return None
+    encoded = state.encoded_conversations.get(row, [])
+    read = min((found.context_turns for _, found in encoded), default=0)
+    return ConversationReport(
+        turns=conversation.turns, judged_turns=len(conversation.judged), context_turns=read,
+        dropped_turns=conversation.turns - len(conversation.judged) - read,
+        rendering={name: found.rendering for names, found in encoded for name in names},
+    )
+
+
 def _group_passes(plans: list[MemberPlan], backbones: dict[BackboneSpec, LoadedBackbone],
-                  sliding_window: SlidingWindowConfig | None) -> list[_SharedPass]:
+                  sliding_window: SlidingWindowConfig | None, template: str = "auto") -> list[_SharedPass]:
     groups: dict[tuple[BackboneSpec, int], list[int]] = {}
     for position, plan in enumerate(plans):
         groups.setdefault((plan.spec, plan.head.max_length), []).append(position)
     return [
         _SharedPass(
             backbones[spec], max_length, tuple(positions), frozenset(union_of(plans[p].head.request for p in positions)),
-            _window_stride(sliding_window, backbones[spec], max_length, plans[positions[0]]),
+            _window_stride(sliding_window, backbones[spec], max_length, plans[positions[0]]), template,
         )
         for (spec, max_length), positions in groups.items()
     ]
@@ -468,14 +551,23 @@ def _raise_first_failure(errors: list[dict[str, str]], rejected: list[str | None
             raise MemberError(f"{who} failed on text {row}: {message}")
 
 
-def _clean_each(texts: Sequence[str]) -> tuple[list[str | None], list[str | None]]:
-    """Each text cleaned, or None with the reason it cannot be scored; one bad text never fails the others."""
-    cleaned: list[str | None] = []
+def _clean_each(texts: Sequence[str | Conversation]) -> tuple[list[str | Conversation | None], list[str | None]]:
+    """Each text (each conversation turn) cleaned, or None with the reason it cannot be scored; one bad text never
+    fails the others. A turn's chat markers go too: a user cannot forge a turn of the template by typing it."""
+    cleaned: list[str | Conversation | None] = []
     rejected: list[str | None] = []
     for text in texts:
         try:
-            check_encodable(text)
-            cleaned.append(clean_text(text))
+            if isinstance(text, Conversation):
+                for index, message in enumerate(text.messages):
+                    try:
+                        check_encodable(message.content)
+                    except ValueError as error:
+                        raise ValueError(f"turn {index}: {error}") from None
+                cleaned.append(text.with_contents([clean_text(message.content) for message in text.messages]))
+            else:
+                check_encodable(text)
+                cleaned.append(clean_text(text))
             rejected.append(None)
         except Exception as error:
             cleaned.append(None)

@@ -16,12 +16,11 @@ from typing import Annotated, Literal, Mapping
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, NonNegativeInt, ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import files
 from .errors import ArtifactError
+from .module_files import load_strictly, save_module
 from .validation import format_validation_error
 
 CONFIG_FILE = "siren_config.json"
@@ -194,12 +193,7 @@ class SirenHead(nn.Module):
                 )
 
     def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_json_dict(), indent=2) + "\n")
-        state = {key: value.detach().cpu().contiguous() for key, value in self.mlp.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE))
-        return directory
+        return save_module(directory, CONFIG_FILE, self.config.to_json_dict(), WEIGHTS_FILE, self.mlp)
 
     @classmethod
     def load(cls, directory: str | Path) -> "SirenHead":
@@ -258,24 +252,4 @@ def _check_consistency(config: HeadConfig, config_file: Path) -> None:
 
 
 def _load_mlp_weights(mlp: SirenMLP, weights_file: Path) -> None:
-    if not weights_file.is_file():
-        raise ArtifactError(f"{weights_file}: missing")
-    try:
-        state = load_file(str(weights_file), device="cpu")
-    except (SafetensorError, OSError) as error:
-        raise ArtifactError(f"{weights_file}: not a readable safetensors file ({error})") from None
-    expected = mlp.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ArtifactError(
-            f"{weights_file}: tensors do not match mlp.layer_dims/dropout_rates in {CONFIG_FILE} "
-            f"(missing: {missing or 'none'}; unexpected: {unexpected or 'none'})"
-        )
-    for key, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise ArtifactError(
-                f"{weights_file}: tensor {key} has shape {tuple(tensor.shape)}, "
-                f"{CONFIG_FILE} implies {tuple(expected[key].shape)}"
-            )
-    mlp.load_state_dict({key: tensor.to(torch.float32) for key, tensor in state.items()}, strict=True)
+    load_strictly(mlp, weights_file, CONFIG_FILE, "mlp.layer_dims/dropout_rates")

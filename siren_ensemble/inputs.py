@@ -1,4 +1,8 @@
-"""Texts to score from files: plain text (one per line) or JSONL; every error names its line."""
+"""Texts to score from files: plain text (one per line) or JSONL; every error names its line.
+
+A JSONL line holds ``text``, or ``prompt`` and/or ``response``, or ``messages`` (a chat, judged on its
+last user turn and answer in the context of the turns before: ``siren_ensemble.conversation``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import files
+from .conversation import Conversation
 from .errors import InputError
 from .text import join_prompt_response
 
@@ -18,10 +23,16 @@ _MAX_REPORTED = 5
 
 @dataclass(frozen=True)
 class InputRecord:
+    #: What is scored; for a conversation, its judged turns as one text (for display, and scoring them alone).
     text: str
     line: int | None = None
     id: Any = None
     label: int | None = None
+    conversation: Conversation | None = None
+
+    @property
+    def scored(self) -> str | Conversation:
+        return self.conversation if self.conversation is not None else self.text
 
 
 def read_inputs(path: str, require_label: bool = False) -> list[InputRecord]:
@@ -81,12 +92,20 @@ def _decode_lines(stream: BinaryIO, name: str) -> tuple[list[tuple[int, str]], l
 
 def parse_text_object(line: str) -> tuple[dict, bool]:
     """A JSONL line holding ``text``, or ``prompt`` and/or ``response`` (strings); says whether it is a pair."""
+    return _text_fields(_json_object(line))
+
+
+def _json_object(line: str) -> dict:
     try:
         item = json.loads(line)
     except json.JSONDecodeError as error:
         raise InputError(f"malformed JSON ({error.msg} at column {error.colno})") from None
     if not isinstance(item, dict):
         raise InputError(f"expected a JSON object, got {type(item).__name__}")
+    return item
+
+
+def _text_fields(item: dict) -> tuple[dict, bool]:
     has_text = "text" in item
     has_pair = "prompt" in item or "response" in item
     if has_text == has_pair:
@@ -98,9 +117,18 @@ def parse_text_object(line: str) -> tuple[dict, bool]:
 
 
 def _parse_jsonl_line(line: str, number: int, require_label: bool) -> InputRecord:
-    item, is_pair = parse_text_object(line)
-    text = join_prompt_response(item.get("prompt"), item.get("response")) if is_pair else item["text"]
+    item = _json_object(line)
     label = parse_label(item.get("label")) if require_label else None
+    if "messages" in item:
+        if {"text", "prompt", "response"} & set(item):
+            raise InputError("give either `messages` or `text`/`prompt`/`response`, not both")
+        conversation = Conversation.parse(item["messages"])
+        return InputRecord(text=conversation.last_turns_text(), line=number, id=item.get("id"), label=label,
+                           conversation=conversation)
+    if not {"text", "prompt", "response"} & set(item):
+        raise InputError("needs `text`, `prompt`/`response`, or `messages`")
+    item, is_pair = _text_fields(item)
+    text = join_prompt_response(item.get("prompt"), item.get("response")) if is_pair else item["text"]
     return InputRecord(text=text, line=number, id=item.get("id"), label=label)
 
 

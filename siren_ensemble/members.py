@@ -13,6 +13,7 @@ from pathlib import Path
 from . import plugins
 from .backbones.base import BackboneAdapter, BackboneSpec
 from .calibration import MEMBER_CALIBRATION_FILE, Calibration
+from .category_head import CONFIG_FILE as CATEGORY_CONFIG_FILE, WEIGHTS_FILE as CATEGORY_WEIGHTS_FILE, CategoryHead, has_category_head
 from .cascade import CascadeOptions
 from .combiners import Combiner, MemberView
 from .config import CombinerConfig, EnsembleConfig, MemberConfig
@@ -35,6 +36,8 @@ class MemberPlan:
     #: Maps this head's score onto the scale the members share (fitted on out-of-fold scores by `train`);
     #: ``None`` when the head directory has no ``calibration.json``.
     calibration: Calibration | None = None
+    #: The head's category head (``categories.json`` beside it), reading the same features; ``None`` without one.
+    categories: CategoryHead | None = None
 
     @property
     def spec(self) -> BackboneSpec:
@@ -55,15 +58,19 @@ def plan_members(config: EnsembleConfig) -> list[MemberPlan]:
     for index, member in enumerate(config.members):
         where = f"members[{index}]"
         try:
-            directory = head_directory(member.head, member.head_revision, config.base_dir, (CONFIG_FILE, WEIGHTS_FILE))
+            directory = member_head_directory(member, config.base_dir)
             head = SirenHead.load(directory)
             calibration = Calibration.load(directory / MEMBER_CALIBRATION_FILE) if (directory / MEMBER_CALIBRATION_FILE).is_file() else None
+            categories = CategoryHead.load(directory) if has_category_head(directory) else None
+            if categories is not None:
+                categories.check_head(head.config, str(directory))
         except SirenError as error:
             raise type(error)(f"{where}.head: {error}") from None
         adapter = _adapter(member, head, config.base_dir, where)
         threshold = member.threshold if member.threshold is not None else head.default_threshold
         precision = resolve(member.dtype, member.device)
-        plans.append(MemberPlan(index, member.name, head, adapter, member.weight, threshold, precision, calibration))
+        plans.append(MemberPlan(index, member.name, head, adapter, member.weight, threshold, precision, calibration,
+                                categories))
     return plans
 
 
@@ -83,16 +90,21 @@ def adapter_for(backbone: str, model: str | list[str] | None, gguf_file: str | N
     return _adapter(member, None, config.base_dir, "arguments")
 
 
+def member_named(config: EnsembleConfig, name: str) -> MemberConfig:
+    """The member called ``name`` (``--member``); an unknown name lists the config's members."""
+    names = [member.name for member in config.members]
+    if name not in names:
+        raise ConfigError(f"--member: {config.source} has no member {name!r} (it has {', '.join(names)})")
+    return config.members[names.index(name)]
+
+
 def adapter_of_member(config: EnsembleConfig, name: str, dtype: str | None = None) -> BackboneAdapter:
     """The backbone of one named member of a config (``train --config --member``); its head need not exist yet.
 
     ``dtype`` replaces the member's own (features for training in bf16 from a float32 config, say).
     """
-    names = [member.name for member in config.members]
-    if name not in names:
-        raise ConfigError(f"--member: {config.source} has no member {name!r} (it has {', '.join(names)})")
-    index = names.index(name)
-    member = config.members[index]
+    member = member_named(config, name)
+    index = config.members.index(member)
     if member.model is None and member.gguf_file is None:
         raise ConfigError(f"members[{index}].model: training needs the member's model (the head may not exist yet)")
     if dtype is not None:
@@ -122,6 +134,12 @@ def check_heads_against_backbones(plans: list[MemberPlan], remote_code: bool = T
             plan.head.check_backbone(*depth_and_width[plan.spec])
         except SirenError as error:
             raise type(error)(f"{plan.where}: {error}") from None
+
+
+def member_head_directory(member: MemberConfig, base_dir: Path) -> Path:
+    """The directory of a member's head; from the hub, only the head's files and its category head's."""
+    return head_directory(member.head, member.head_revision, base_dir,
+                          (CONFIG_FILE, WEIGHTS_FILE, CATEGORY_CONFIG_FILE, CATEGORY_WEIGHTS_FILE))
 
 
 def _backbone_spec(member: MemberConfig, head: SirenHead | None, base_dir: Path, adapter_name: str, where: str) -> BackboneSpec:

@@ -75,7 +75,7 @@ def test_table_format(config):
 @pytest.mark.parametrize("content,message", [
     (b'{"text": "ok"}\n{"text": 5}\n', "line 2: `text` must be a string, got int"),
     (b'{"text": "ok"}\n{broken\n', "line 2: malformed JSON"),
-    (b'{"id": 1}\n', "line 1: needs either `text` or `prompt`/`response`"),
+    (b'{"id": 1}\n', "line 1: needs `text`, `prompt`/`response`, or `messages`"),
     (b'["a"]\n', "line 1: expected a JSON object, got list"),
     (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "line 2: invalid UTF-8 at byte"),
     (b"", "no inputs (the file is empty or blank)"),

@@ -184,25 +184,41 @@ DEFAULT_SPLIT_OPTIONS = {}
 
 
 @pytest.fixture(scope="module")
-def default_split(tmp_path_factory) -> Path:
-    from siren_ensemble.data.build import BuildOptions, build_dataset, write_split_dir
+def default_dataset():
+    from siren_ensemble.data.build import BuildOptions, build_dataset
     from siren_ensemble.data.packages import MissingDataPackage
 
     try:
-        dataset = build_dataset(BuildOptions(**DEFAULT_SPLIT_OPTIONS))
+        return build_dataset(BuildOptions(**DEFAULT_SPLIT_OPTIONS))
     except (MissingDataPackage, InputError) as error:
         pytest.skip(f"the data packages are needed to rebuild the split: {error}")
+
+
+@pytest.fixture(scope="module")
+def default_split(default_dataset, tmp_path_factory) -> Path:
+    from siren_ensemble.data.build import write_split_dir
+
     out = tmp_path_factory.mktemp("default-split")
-    write_split_dir(dataset, out)
+    write_split_dir(default_dataset, out)
     return out
 
 
-def test_the_split_rebuilds_to_the_one_the_heads_were_trained_on(default_split):
+def test_the_split_rebuilds_to_the_one_the_heads_were_trained_on(default_dataset, default_split, tmp_path):
+    """The heads were trained before records had categories: without that field the rebuild is byte for byte the
+    split they were trained on (their recorded manifest hash), and with it every text stays where it was."""
+    from dataclasses import replace
+
+    from siren_ensemble.data.build import write_split_dir
+    from siren_ensemble.data.compare import compare_split_dirs
     from siren_ensemble.training.pipeline import data_fingerprint
 
+    splits = {name: [replace(record, categories=None) for record in records] for name, records in default_dataset.splits.items()}
+    as_trained = tmp_path / "as-trained"
+    write_split_dir(replace(default_dataset, splits=splits), as_trained)
     for name in DEFAULT_MEMBERS:
         report = json.loads((DEFAULT_CONFIG.parent / "heads" / name / "training_report.json").read_text())
-        assert report["data"]["fingerprint"] == data_fingerprint(default_split), name
+        assert report["data"]["fingerprint"] == data_fingerprint(as_trained), name
+    assert all(split.same for split in compare_split_dirs(as_trained, default_split))
 
 
 def test_committed_heads_reproduce_the_recorded_test_scores(default_ensemble, default_split):

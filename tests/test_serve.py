@@ -223,7 +223,7 @@ def test_bad_moderation_requests_get_400_with_a_clear_message(url, content, mess
 
 
 @pytest.mark.parametrize("body, message", [
-    ({"text": "a", "prompt": "b"}, "pass either `text` or `prompt`/`response`"),
+    ({"text": "a", "prompt": "b"}, "pass one of `text`, `prompt`/`response` or `messages`"),
     ({}, "provide `text`"),
     ({"text": 3}, "text: Input should be a valid string"),
     ({"text": "a", "threshold": 2}, "threshold: Input should be less than or equal to 1"),

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from .forms import FORMS, surface_forms
 from .packages import installed_version
 from .records import SPLITS
+from ..taxonomy import CATEGORY_KEYS
 
 if TYPE_CHECKING:
     from .build import BuiltDataset
@@ -61,7 +62,17 @@ def build_manifest(dataset: BuiltDataset, hashes: dict[str, str]) -> dict:
             **stats.dedupe.to_json(),
         },
         "characters": {name: sum(len(r.scored_text) for r in dataset.splits[name]) for name in SPLITS},
+        # Only when records carry categories: a build without them keeps the manifest it had before they existed.
+        **({"categories": {name: category_counts(dataset.splits[name]) for name in SPLITS}}
+           if any(r.categories for name in SPLITS for r in dataset.splits[name]) else {}),
     }
+
+
+def category_counts(records) -> dict[str, int]:
+    """Harmful records per harm category (a record counts once per category), and how many have none."""
+    counts = Counter(key for record in records if record.label == 1 for key in record.categories or ())
+    return {**{key: counts[key] for key in CATEGORY_KEYS},
+            "uncategorised_harmful": sum(1 for record in records if record.label == 1 and not record.categories)}
 
 
 def _classes(records) -> dict[str, int]:

@@ -2,7 +2,8 @@
 
 A split directory holds ``train.jsonl``, ``validation.jsonl``, ``test.jsonl`` and ``manifest.json``.
 Label 1 is harmful, 0 benign. A prompt-level record carries ``text``; a response-level record carries
-``prompt`` and ``response`` and is judged on the response.
+``prompt`` and ``response`` and is judged on the response. A harmful record may carry ``categories``,
+keys of our harm taxonomy (``siren_ensemble.taxonomy``); a benign record never does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Iterable, Literal
 
 from ..errors import InputError
 from ..inputs import parse_label, parse_text_object
+from ..taxonomy import check_categories
 from ..text import join_prompt_response
 
 SPLITS = ("train", "validation", "test")
@@ -29,6 +31,12 @@ class SafetyRecord:
     prompt: str | None = None
     response: str | None = None
     group: str | None = None
+    #: Harm taxonomy keys (harmful records only); None: not known (every benign record, some harmful ones).
+    categories: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if self.categories is not None and self.label != 1:
+            raise ValueError(f"a benign record has no categories (got {self.categories} on a {self.source} record)")
 
     @property
     def scored_text(self) -> str:
@@ -87,5 +95,18 @@ def _parse(line: str, where: str) -> SafetyRecord:
     return SafetyRecord(
         label=label, source=str(item.get("source", "unknown")), level=level,
         text=item.get("text"), prompt=item.get("prompt"), response=item.get("response"),
-        group=item.get("group"),
+        group=item.get("group"), categories=_categories(item.get("categories"), label, where),
     )
+
+
+def _categories(value, label: int, where: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(key, str) for key in value):
+        raise InputError(f"{where}: `categories` must be a list of category names, got {value!r}")
+    if label != 1:
+        raise InputError(f"{where}: `categories` on a benign record (label 0); only harmful records have categories")
+    try:
+        return check_categories(value) or None
+    except ValueError as error:
+        raise InputError(f"{where}: `categories`: {error}") from None

@@ -117,7 +117,8 @@ def defensive_questions(records: Sequence[SafetyRecord], limit: int, seed: int) 
     rng = random.Random(seed)
     actions = [item for item in _actions(records, 1) if not _FIRST_PERSON.search(item[1])]
     for record, action, _ in rng.sample(actions, min(limit, len(actions))):
-        yield replace(record, label=0, source=DEFENSIVE_SOURCE, text=rng.choice(DEFENSIVE).format(action=action))
+        yield replace(record, label=0, source=DEFENSIVE_SOURCE, text=rng.choice(DEFENSIVE).format(action=action),
+                      categories=None)
 
 
 def short_instructions(records: Sequence[SafetyRecord], limit: int, seed: int) -> Iterator[SafetyRecord]:

@@ -24,6 +24,7 @@ from ..calibration import Method, fit_calibration
 from ..decision import DecisionPath
 from ..weights import is_local, is_packaged
 from .cascade_bands import BandRule, fit_bands
+from .categories import calibrate_categories
 from .metrics import binary_metrics, threshold_for_recall
 from .scoring import FeatureScorer
 
@@ -31,7 +32,7 @@ from .scoring import FeatureScorer
 def calibrate(config_path: str | Path, data: str | Path, target_recall: float, per_source: bool = False,
               method: Method | None = None, calibration_out: str | Path | None = None,
               cache_dir: str | Path | None = None, progress: bool = False, min_source_harmful: int = 20,
-              band_rule: BandRule = BandRule()) -> dict:
+              band_rule: BandRule = BandRule(), per_category: bool = False) -> dict:
     if not 0.0 < target_recall <= 1.0:
         raise InputError(f"--target-recall: must be in (0, 1], got {target_recall}")
     config = _config_without_bands(config_path)
@@ -45,7 +46,8 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
         raise InputError(f"{data}: the validation data has no harmful records to set a recall threshold on")
     if method is not None and calibration_out is None:
         raise InputError("--method needs --calibration-out, where the fitted mapping is written")
-    member_scores = FeatureScorer(config, plans, cache_dir, progress).member_scores(records, "validation features")
+    scorer = FeatureScorer(config, plans, cache_dir, progress)
+    member_scores = scorer.member_scores(records, "validation features")
     # Without bands a cascade decides every text at its last stage: every member's combined score.
     path = DecisionPath.from_config(config, plans)
 
@@ -86,6 +88,7 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
         "per_source_threshold": per_source_threshold,
         "per_source_metrics": by_source,
         "cascade": None if cascade is None else cascade.to_dict(),
+        "categories": calibrate_categories(config, plans, scorer, records) if per_category else None,
     }
 
 
@@ -105,9 +108,9 @@ def _config_without_bands(config_path: str | Path) -> EnsembleConfig:
 
 
 def write_calibrated_config(config_path: str | Path, out: str | Path, threshold: float, calibration_path: str | Path | None,
-                            cascade: dict | None = None) -> Path:
-    """A copy of the config with ``threshold`` (and ``calibration``, and a cascade's bands) set; paths stay
-    relative to ``out``'s directory."""
+                            cascade: dict | None = None, category_thresholds: dict[str, float] | None = None) -> Path:
+    """A copy of the config with ``threshold`` (and ``calibration``, a cascade's bands, ``category_thresholds``) set;
+    paths stay relative to ``out``'s directory."""
     config_path, out = Path(config_path), Path(out)
     raw = read_yaml(config_path)
     relative = _relative_paths(raw, config_path.resolve().parent)
@@ -124,6 +127,8 @@ def write_calibrated_config(config_path: str | Path, out: str | Path, threshold:
                     # Rounding moved the threshold a little; a band never crosses it (that narrows the band).
                     clip = min if side == "low" else max
                     stage[side] = clip(float(band[side]), raw["threshold"])
+    if category_thresholds is not None:
+        raw["category_thresholds"] = dict(category_thresholds)
     out.write_text(yaml.safe_dump(raw, sort_keys=False))
     return out
 

@@ -33,6 +33,7 @@ from ..members import MemberPlan, validate_plan
 from ..training.crossfit import record_groups
 from ..training.pipeline import REPORT_FILE
 from . import baselines, plots
+from .categories import evaluate_categories
 from .crossfit import cross_fitted_member_scores, cross_fitted_stacker, stacker_inputs
 from .metrics import binary_metrics, threshold_for_recall
 from .refit import member_mlp_params, refit_scores
@@ -148,6 +149,12 @@ def evaluate(config_path: str | Path, data: str | Path, options: EvaluateOptions
     if options.leave_one_source_out and train is not None:
         logger.info("leave-one-source-out: refitting members and baselines without each source")
         report["leave_one_source_out"] = _leave_one_source_out(config, plans, splits, options, cross_fitted)
+    if any(plan.categories is not None for plan in plans):
+        logger.info("harm categories: per-category metrics%s", " and leave-one-source-out refits" if train is not None else "")
+        everything = _concat([splits[name] for name in SPLITS]) if options.leave_one_source_out and train is not None else None
+        loso = None if everything is None else (train.records, train.member_x, everything.records, everything.member_x)
+        report["categories"] = evaluate_categories(config, plans, evaluated.records, evaluated.member_x, report["split"] or str(data),
+                                                   plots_dir, loso, options.seed, options.jobs)
     return report
 
 

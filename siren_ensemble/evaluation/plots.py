@@ -63,6 +63,30 @@ def layer_f1(reports: Mapping[str, dict], path: str | Path) -> Path:
     return path
 
 
+def category_confusion(confusion: dict, path: str | Path, title: str) -> Path:
+    """Rows: true categories (share of each row), columns: the category scored highest; counts written in."""
+    plt = _pyplot()
+    labels, counts = confusion["labels"], np.asarray(confusion["counts"], dtype=float)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    figure, axes = plt.subplots(figsize=(1.0 + 0.6 * len(labels), 1.0 + 0.55 * len(labels)))
+    axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+    axes.set_yticks(range(len(labels)), labels, fontsize=8)
+    for row in range(len(labels)):
+        for column in range(len(labels)):
+            if counts[row, column]:
+                axes.text(column, row, int(counts[row, column]), ha="center", va="center", fontsize=7,
+                          color="white" if shares[row, column] > 0.5 else "black")
+    axes.set_xlabel("category scored highest")
+    axes.set_ylabel("true category")
+    axes.set_title(title, fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
 def layer_analysis(report: dict, path: str | Path) -> Path:
     """Probe F1 and the cosine-gap curve per layer (``layers.json``), the gap's range shaded, the cut dashed."""
     plt = _pyplot()

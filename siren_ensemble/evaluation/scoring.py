@@ -53,6 +53,17 @@ class FeatureScorer:
         pooled = {layer: torch.as_tensor(features[layer]) for layer in plan.head.config.layers}
         return plan.head(pooled).double().numpy()
 
+    @staticmethod
+    def category_scores(plan: MemberPlan, features: LayerFeatures) -> np.ndarray | None:
+        """The member's category head's probabilities (texts x its categories), or None without one."""
+        if plan.categories is None:
+            return None
+        plan.head.to("cpu")
+        plan.categories.to("cpu")
+        pooled = {layer: torch.as_tensor(features[layer]) for layer in plan.head.config.layers}
+        with torch.inference_mode():
+            return plan.categories(plan.head.features(pooled)).double().numpy()
+
     def member_scores(self, records: Sequence[SafetyRecord], description: str = "features") -> np.ndarray:
         """Scores, one column per member in config order."""
         return np.stack([self.head_scores(plan, self.layer_features(plan, records, description)) for plan in self.plans], axis=1)

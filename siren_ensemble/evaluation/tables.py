@@ -61,6 +61,11 @@ def render(report: dict) -> str:
             for name, metrics in results.items():
                 by_scorer.setdefault(name, {})[source] = metrics
         parts += ["", "## Leave one source out (each source scored by members refitted without it)", source_table(by_scorer)]
+    if report.get("categories"):
+        parts += ["", f"## Harm categories ({report.get('split') or 'data'}, ensemble)", category_table(report["categories"])]
+        if report["categories"].get("leave_one_source_out"):
+            parts += ["", "## Harm categories, leave one source out (category heads refitted without it)",
+                      category_loso_table(report["categories"]["leave_one_source_out"])]
     if report.get("misclassified"):
         shown = report["misclassified"]
         parts += ["", f"## Misclassified examples ({report.get('split') or 'data'}, {shown['scorer']})",
@@ -70,6 +75,27 @@ def render(report: dict) -> str:
         for source, shown in loso["_misclassified"].items():
             parts += [f"### {source}", examples_list(shown)]
     return "\n".join(parts) + "\n"
+
+
+CATEGORY_COLUMNS = (("positives", "positives"), ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
+                    ("auroc", "AUROC"), ("threshold", "threshold"))
+
+
+def category_table(section: dict) -> str:
+    rows = [[key] + [_cell(metrics[field]) for field, _ in CATEGORY_COLUMNS] for key, metrics in section["metrics"].items()]
+    minimum = next(key for key in section if key.startswith("macro_f1_min"))
+    return (f"{_table(['category'] + [label for _, label in CATEGORY_COLUMNS], rows)}\n\n"
+            f"Macro-F1: {_cell(section['macro_f1'])} over every category with positives, {_cell(section[minimum])} over "
+            f"those with at least {minimum.removeprefix('macro_f1_min')}; mean AUROC {_cell(section['mean_auroc'])}. "
+            f"{section['records']} records (benign, and harmful with categories); "
+            f"{section['uncategorised_harmful']} harmful records without categories left out.")
+
+
+def category_loso_table(by_source: dict) -> str:
+    rows = [[source, str(row["records"]), _cell(row["macro_f1"]), _cell(row["mean_auroc"]),
+             ", ".join(f"{key} {metrics['f1']:.2f}" for key, metrics in row["metrics"].items() if metrics["positives"])]
+            for source, row in by_source.items()]
+    return _table(["held-out source", "records", "macro-F1", "mean AUROC", "F1 per category present"], rows)
 
 
 def examples_list(found: dict, width: int = 160) -> str:

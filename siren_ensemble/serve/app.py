@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from ..ensemble import Ensemble
+from ..errors import InputError
 from ..text import join_prompt_response
 from .auth import is_authorized
 from .metrics import ServiceMetrics
@@ -134,7 +135,15 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
     @app.post("/v1/score", dependencies=[Depends(require_key)], responses=_API_ERRORS)
     async def score(body: ScoreRequest):
         scorer = service.ready_scorer()
-        text = body.text if body.text is not None else join_prompt_response(body.prompt, body.response)
+        if body.messages is not None:
+            try:
+                text = scorer.ensemble.conversation_input(body.messages, body.window)
+            except InputError as error:
+                raise HTTPException(400, str(error)) from None
+            for index, message in enumerate(text.messages):
+                _check_limits([message.content], settings, f"messages[{index + text.dropped_by_window}].content", single=True)
+        else:
+            text = body.text if body.text is not None else join_prompt_response(body.prompt, body.response)
         for field in ("text", "prompt", "response"):
             value = getattr(body, field)
             if value is not None:

@@ -136,4 +136,4 @@ class MicroBatcher:
 
 
 def _chars(pending: _Pending) -> int:
-    return sum(len(text) for text in pending.texts)
+    return sum(len(text) if isinstance(text, str) else text.characters for text in pending.texts)  # or a Conversation

@@ -4,24 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
 from ..ensemble import EnsembleResult
+from ..taxonomy import OPENAI_KEYS
 
 StrictText = Annotated[str, Strict()]
 #: Strict: "0.5" and true are refused, not read as numbers.
 Threshold = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
 
-#: SIREN gives one harm score and cannot tell OpenAI's categories apart. Our verdict is the
-#: ``harmful`` category (and ``flagged``); the standard category keys are present, so clients that
-#: read them keep working, and always answer false / 0.0: "not classified", never "safe".
+#: Our verdict is the ``harmful`` category (and ``flagged``). With category heads the OpenAI keys our
+#: taxonomy maps to are judged (``siren_ensemble.taxonomy``): a key is true when the text is flagged and
+#: a category mapping to it reaches its threshold. Every other key (all of them without category heads,
+#: and for a text that failed) is present, so clients that read them keep working, and answers false /
+#: 0.0 with no applied input type: "not classified", never "safe".
 HARM_CATEGORY = "harmful"
-OPENAI_CATEGORIES = (
-    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
-    "self-harm", "self-harm/intent", "self-harm/instructions", "sexual", "sexual/minors", "violence",
-    "violence/graphic",
-)
+OPENAI_CATEGORIES = OPENAI_KEYS
 
 
 class ModerationRequest(BaseModel):
@@ -54,14 +53,22 @@ class ScoreRequest(BaseModel):
     text: StrictText | None = None
     prompt: StrictText | None = None
     response: StrictText | None = None
+    #: OpenAI-style chat messages ``[{"role", "content"}, ...]``: the last user turn and its answer are judged in
+    #: the context of the turns before (parsed by ``Conversation.parse``, whose errors name the message).
+    messages: list[Any] | None = None
+    #: With ``messages``: turns of context before the judged ones (default: the config's ``conversation.window``).
+    window: Annotated[int, Strict(), Field(ge=0, le=512)] | None = None
     threshold: Threshold | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> "ScoreRequest":
-        if self.text is not None and (self.prompt is not None or self.response is not None):
-            raise ValueError("pass either `text` or `prompt`/`response`, not both")
-        if self.text is None and self.prompt is None and self.response is None:
-            raise ValueError("provide `text`, or at least one of `prompt`/`response`")
+        forms = [self.text is not None, self.prompt is not None or self.response is not None, self.messages is not None]
+        if sum(forms) > 1:
+            raise ValueError("pass one of `text`, `prompt`/`response` or `messages`, not several")
+        if not any(forms):
+            raise ValueError("provide `text`, at least one of `prompt`/`response`, or `messages`")
+        if self.window is not None and self.messages is None:
+            raise ValueError("`window` applies to `messages` only")
         return self
 
 
@@ -88,6 +95,19 @@ class SirenDetails(BaseModel):
     errors: dict[str, str] = {}
     #: With the cascade combiner: the index of the stage (``combiner.stages``) that decided the text.
     decided_by: int | None = None
+    #: With category heads: the score of each category of our taxonomy (None for a text that failed).
+    harm_categories: dict[str, float] | None = None
+    #: With category heads: the highest-scoring OpenAI key of a flagged text.
+    top_category: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _categories_only_with_category_heads(self, handler):
+        # Without category heads the answer stays as it was: the two fields are left out, not null.
+        data = handler(self)
+        for name in ("harm_categories", "top_category"):
+            if name not in self.model_fields_set:
+                data.pop(name, None)
+        return data
 
 
 class ModerationResult(BaseModel):
@@ -105,13 +125,18 @@ class ModerationResponse(BaseModel):
 
 
 def moderation_result(result: EnsembleResult) -> ModerationResult:
-    categories = {name: False for name in OPENAI_CATEGORIES} | {HARM_CATEGORY: result.is_harmful}
-    scores = {name: 0.0 for name in OPENAI_CATEGORIES} | {HARM_CATEGORY: result.score}
-    applied = {name: [] for name in OPENAI_CATEGORIES} | {HARM_CATEGORY: ["text"]}
+    verdict = result.categories
+    judged_scores = (verdict.openai_scores() if verdict else None) or {}
+    judged_flags = (verdict.openai_flags(result.is_harmful) if verdict else None) or {}
+    categories = {name: judged_flags.get(name, False) for name in OPENAI_CATEGORIES} | {HARM_CATEGORY: result.is_harmful}
+    scores = {name: judged_scores.get(name, 0.0) for name in OPENAI_CATEGORIES} | {HARM_CATEGORY: result.score}
+    applied = {name: ["text"] if name in judged_scores else [] for name in OPENAI_CATEGORIES} | {HARM_CATEGORY: ["text"]}
+    details = {} if verdict is None else {"harm_categories": verdict.scores,
+                                          "top_category": verdict.top_category(result.is_harmful)}
     return ModerationResult(
         flagged=result.is_harmful, categories=categories, category_scores=scores, category_applied_input_types=applied,
         siren=SirenDetails(score=result.score, threshold=result.threshold, members=result.members,
-                           truncated=result.truncated, errors=result.errors, decided_by=result.decided_by),
+                           truncated=result.truncated, errors=result.errors, decided_by=result.decided_by, **details),
     )
 
 

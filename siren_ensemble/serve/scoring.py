@@ -67,6 +67,7 @@ class Scorer:
         return EnsembleResult(
             score=0.0 if self.fail_open else 1.0, is_harmful=not self.fail_open, threshold=threshold,
             members={name: None for name in self.ensemble.member_names}, errors={SERVICE_ERROR_KEY: reason},
+            categories=self.ensemble.unjudged_categories(),
         )
 
 

