@@ -6,6 +6,7 @@ to load one backbone per distinct spec.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +85,9 @@ def adapter_of_member(config: EnsembleConfig, name: str, dtype: str | None = Non
     """
     names = [member.name for member in config.members]
     if name not in names:
-        raise ConfigError(f"--member: {config.source} has no member {name!r} (it has {', '.join(names)})")
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        guess = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"--member: {config.source} has no member {name!r}{guess} (it has {', '.join(names)})")
     index = names.index(name)
     member = config.members[index]
     if member.model is None and member.gguf_file is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -63,6 +63,27 @@ class ScoreRequest(BaseModel):
         if self.text is None and self.prompt is None and self.response is None:
             raise ValueError("provide `text`, or at least one of `prompt`/`response`")
         return self
+
+
+class RankRequest(BaseModel):
+    """Candidate responses to one prompt, to be ranked safest first (``Ensemble.rank``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: StrictText
+    candidates: list[StrictText] = Field(min_length=1)
+    method: Literal["auto", "siren", "srr"] = "auto"
+
+
+class RankedCandidateBody(BaseModel):
+    index: int
+    score: float
+    members: dict[str, float | None]
+    errors: dict[str, str] = {}
+
+
+class RankResponse(BaseModel):
+    method: str
+    ranking: list[RankedCandidateBody]
 
 
 class StreamStart(BaseModel):
