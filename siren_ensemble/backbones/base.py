@@ -160,6 +160,28 @@ class BackboneAdapter:
             model = quantize_linear_layers(model)
         return model
 
+    def load_language_model(self) -> nn.Module:
+        """The same weights with their LM head (``AutoModelForCausalLM``), to generate text (steering); scoring never
+        loads it. A GGUF's converted copy is a base model: its LM head comes from the GGUF's own output tensor, or
+        is the tied token embeddings when the GGUF has none."""
+        from transformers import AutoModelForCausalLM
+
+        if self.spec.dtype == INT8:
+            raise ConfigError(f"{self.spec.describe()}: int8 is for scoring; generate in float32 or bfloat16")
+        model, loading = self._from_pretrained("weights with the LM head", AutoModelForCausalLM,
+                                               {**self.model_load_kwargs(), "output_loading_info": True})
+        missing = sorted(loading["missing_keys"])
+        head = model.get_output_embeddings()
+        if missing and self.spec.is_gguf and head is not None:
+            weight = gguf_cache.output_weights(self._gguf_source())
+            if weight is not None and tuple(weight.shape) == tuple(head.weight.shape):
+                head.weight = nn.Parameter(weight.to(device=head.weight.device, dtype=head.weight.dtype))
+                missing = [key for key in missing if key != _parameter_name(model, head)]
+        if missing:
+            raise ArtifactError(f"cannot load the LM head of {self.spec.describe()}: {', '.join(missing)} missing "
+                                "from its weights (and not tied to the embeddings)")
+        return model.eval().requires_grad_(False)
+
     def load_tokenizer(self):
         from transformers import AutoTokenizer
 
@@ -199,6 +221,11 @@ class BackboneAdapter:
         """Keyword arguments for the forward call: a decoder's KV cache is never needed for scoring."""
         accepts_cache = "use_cache" in inspect.signature(model.forward).parameters
         return {"use_cache": False} if accepts_cache else {}
+
+
+def _parameter_name(model: nn.Module, head: nn.Module) -> str:
+    """The state-dict name of ``head``'s weight in ``model`` (``lm_head.weight``)."""
+    return next(f"{name}.weight" for name, module in model.named_modules() if module is head)
 
 
 def refuse_pickled_weights(directory: Path) -> None:

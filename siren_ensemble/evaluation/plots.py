@@ -97,3 +97,37 @@ def layer_analysis(report: dict, path: str | Path) -> Path:
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return path
+
+
+def steering_tradeoff(report: dict, path: str | Path) -> Path:
+    """A steering sweep (``steering.json``): refusal on harmful vs benign prompts, and fluency, per layer set and lambda."""
+    plt = _pyplot()
+    settings = report["settings"]
+    unsteered = settings[0]
+    by_layers: dict[str, list[dict]] = {}
+    for setting in settings[1:]:
+        by_layers.setdefault(",".join(map(str, setting["layers"])), []).append(setting)
+    figure, (tradeoff, fluency) = plt.subplots(1, 2, figsize=(12, 5))
+    for layers, rows in by_layers.items():
+        rows = [unsteered, *sorted(rows, key=lambda row: row["lambda"])]
+        x = [row["benign_prompts"]["refusal_rate_phrases"] for row in rows]
+        y = [row["harmful_prompts"]["refusal_rate_phrases"] for row in rows]
+        tradeoff.plot(x, y, marker="o", label=f"layers {layers}")
+        for row, x_value, y_value in zip(rows, x, y):
+            tradeoff.annotate(f"{row['lambda']:g}", (x_value, y_value), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        fluency.plot([row["lambda"] for row in rows], [row["perplexity"]["median"] for row in rows], marker="o",
+                     label=f"layers {layers}")
+    tradeoff.set_xlabel("benign prompts refused (over-refusal, phrase check)")
+    tradeoff.set_ylabel("harmful prompts refused (phrase check)")
+    tradeoff.set_title(f"Steering trade-off ({report['options']['direction']} direction; points: lambda)")
+    fluency.set_xlabel(f"lambda ({report['options']['lambda_unit']})")
+    fluency.set_ylabel("median perplexity under the unsteered model")
+    fluency.set_title("Fluency of the answers")
+    for axes in (tradeoff, fluency):
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return path
