@@ -8,21 +8,18 @@ the last block reads the normed state and every other layer reads the raw residu
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Mapping
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, NonNegativeInt, ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, NonNegativeInt
 from torch import nn
 
 from . import files
+from .artifacts import read_config, read_tensors, write_artifact
 from .errors import ArtifactError
-from .validation import format_validation_error
 
 CONFIG_FILE = "siren_config.json"
 WEIGHTS_FILE = "siren.safetensors"
@@ -194,12 +191,7 @@ class SirenHead(nn.Module):
                 )
 
     def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_json_dict(), indent=2) + "\n")
-        state = {key: value.detach().cpu().contiguous() for key, value in self.mlp.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE))
-        return directory
+        return write_artifact(directory, CONFIG_FILE, self.config.to_json_dict(), WEIGHTS_FILE, self.mlp.state_dict())
 
     @classmethod
     def load(cls, directory: str | Path) -> "SirenHead":
@@ -214,15 +206,7 @@ def read_head_config(directory: str | Path) -> HeadConfig:
     config_file = Path(directory) / CONFIG_FILE
     if not config_file.exists():
         raise ArtifactError(f"{config_file}: missing (a SIREN head directory holds {CONFIG_FILE} and {WEIGHTS_FILE})")
-    text = files.read_text(config_file, files.MAX_HEAD_CONFIG_BYTES, ArtifactError, "head config")
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ArtifactError(f"{config_file}: not valid JSON ({error})") from None
-    try:
-        config = HeadConfig.model_validate(raw)
-    except ValidationError as error:
-        raise ArtifactError(f"{config_file}: {format_validation_error(error, HeadConfig)}") from None
+    config = read_config(config_file, HeadConfig, "head config", limit=files.MAX_HEAD_CONFIG_BYTES)
     _check_consistency(config, config_file)
     return config
 
@@ -258,24 +242,7 @@ def _check_consistency(config: HeadConfig, config_file: Path) -> None:
 
 
 def _load_mlp_weights(mlp: SirenMLP, weights_file: Path) -> None:
-    if not weights_file.is_file():
-        raise ArtifactError(f"{weights_file}: missing")
-    try:
-        state = load_file(str(weights_file), device="cpu")
-    except (SafetensorError, OSError) as error:
-        raise ArtifactError(f"{weights_file}: not a readable safetensors file ({error})") from None
-    expected = mlp.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ArtifactError(
-            f"{weights_file}: tensors do not match mlp.layer_dims/dropout_rates in {CONFIG_FILE} "
-            f"(missing: {missing or 'none'}; unexpected: {unexpected or 'none'})"
-        )
-    for key, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise ArtifactError(
-                f"{weights_file}: tensor {key} has shape {tuple(tensor.shape)}, "
-                f"{CONFIG_FILE} implies {tuple(expected[key].shape)}"
-            )
-    mlp.load_state_dict({key: tensor.to(torch.float32) for key, tensor in state.items()}, strict=True)
+    expected = {key: tuple(tensor.shape) for key, tensor in mlp.state_dict().items()}
+    # Non-finite weights load (as llm-siren loads them): their scores fail closed when scored.
+    state = read_tensors(weights_file, expected, f"mlp.layer_dims/dropout_rates in {CONFIG_FILE}", finite=False)
+    mlp.load_state_dict(state, strict=True)

@@ -19,6 +19,14 @@ def _pyplot():
     return plt
 
 
+def _save(plt, figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
 def curves(labels: np.ndarray, scores_by_name: Mapping[str, np.ndarray], directory: str | Path, title: str) -> list[Path]:
     plt = _pyplot()
     directory = Path(directory)
@@ -56,11 +64,7 @@ def layer_f1(reports: Mapping[str, dict], path: str | Path) -> Path:
     axes.set_title("Per-layer linear probe F1")
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def layer_analysis(report: dict, path: str | Path) -> Path:
@@ -92,11 +96,7 @@ def layer_analysis(report: dict, path: str | Path) -> Path:
     gap_handles = gap_axes.get_legend_handles_labels()
     cosines.legend(handles[0] + gap_handles[0], handles[1] + gap_handles[1], fontsize=8, loc="best")
     figure.text(0.01, 0.005, f"shaded: gap opens to stabilises; dashed: recommended cut (layer {cut})", fontsize=7)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def steering_tradeoff(report: dict, path: str | Path) -> Path:
@@ -126,8 +126,4 @@ def steering_tradeoff(report: dict, path: str | Path) -> Path:
     for axes in (tradeoff, fluency):
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)

@@ -13,15 +13,13 @@ standardisation), beside a member's head; both are loaded strictly.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import save_file
 from torch import nn
 
-from ..artifacts import read_config, read_tensors
+from ..artifacts import check_dimensions, read_config, read_tensors, write_artifact
 from ..errors import ArtifactError
 
 RANKER_CONFIG_FILE = "ranker.json"
@@ -102,20 +100,12 @@ class SRRRanker(nn.Module):
         return torch.sigmoid(-self(prompt.unsqueeze(0), candidates.unsqueeze(0), mask))[0]
 
     def check_backbone(self, num_layers: int, hidden_size: int) -> None:
-        where = Path(self.source) / RANKER_CONFIG_FILE
-        if (num_layers, hidden_size) != (self.config.num_layers, self.config.hidden_size):
-            raise ArtifactError(
-                f"{where}: trained on a backbone of {self.config.num_layers} layers x {self.config.hidden_size}, "
-                f"but this member's has {num_layers} x {hidden_size}"
-            )
+        check_dimensions(Path(self.source) / RANKER_CONFIG_FILE, (self.config.num_layers, self.config.hidden_size),
+                         (num_layers, hidden_size), "this member's backbone")
 
     def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / RANKER_CONFIG_FILE).write_text(json.dumps(self.config.model_dump(mode="json"), indent=2) + "\n")
-        state = {key: value.detach().cpu().contiguous() for key, value in self.state_dict().items()}
-        save_file(state, str(directory / RANKER_WEIGHTS_FILE))
-        return directory
+        return write_artifact(directory, RANKER_CONFIG_FILE, self.config.model_dump(mode="json"), RANKER_WEIGHTS_FILE,
+                              self.state_dict())
 
     @classmethod
     def load(cls, directory: str | Path) -> "SRRRanker":

@@ -14,7 +14,6 @@ the mean norm of the pooled states; ``directions.safetensors`` holds the unit ve
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +22,8 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import save_file
 
-from ..artifacts import read_config, read_tensors
+from ..artifacts import check_dimensions, read_config, read_tensors, write_artifact
 from ..errors import ArtifactError, InputError
 from ..training.feature_cache import FeatureExtractor
 from ..training.pipeline import load_split
@@ -93,13 +91,9 @@ class SteeringDirections:
         return scaled
 
     def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / DIRECTIONS_CONFIG_FILE).write_text(json.dumps(self.config.model_dump(mode="json"), indent=2) + "\n")
-        tensors = {_key(kind, layer): vector.contiguous() for kind, by_layer in self.vectors.items()
-                   for layer, vector in by_layer.items()}
-        save_file(tensors, str(directory / DIRECTIONS_WEIGHTS_FILE))
-        return directory
+        tensors = {_key(kind, layer): vector for kind, by_layer in self.vectors.items() for layer, vector in by_layer.items()}
+        return write_artifact(directory, DIRECTIONS_CONFIG_FILE, self.config.model_dump(mode="json"), DIRECTIONS_WEIGHTS_FILE,
+                              tensors)
 
     @classmethod
     def load(cls, directory: str | Path) -> "SteeringDirections":
@@ -119,10 +113,8 @@ class SteeringDirections:
         return cls(config, vectors, str(directory))
 
     def check_model(self, num_layers: int, hidden_size: int) -> None:
-        if (num_layers, hidden_size) != (self.config.num_layers, self.config.hidden_size):
-            raise ArtifactError(f"{Path(self.source) / DIRECTIONS_CONFIG_FILE}: exported from a backbone of "
-                                f"{self.config.num_layers} layers x {self.config.hidden_size}, but this model has "
-                                f"{num_layers} x {hidden_size}")
+        check_dimensions(Path(self.source) / DIRECTIONS_CONFIG_FILE, (self.config.num_layers, self.config.hidden_size),
+                         (num_layers, hidden_size), "this model")
 
 
 def export_directions(extractor: FeatureExtractor, data: str | Path, layers: Sequence[int] | None = None, eta: float = 0.9,
