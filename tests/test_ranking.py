@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -121,9 +122,10 @@ def test_siren_ranking_sorts_the_pair_scores_ascending(ensemble):
     (None, [REFUSAL], "auto", "prompt: expected a string"),
     (HARMFUL_PROMPT, [REFUSAL], "best", "method: expected one of auto, siren, srr, got 'best'"),
     (HARMFUL_PROMPT, [REFUSAL], "srr", "method 'srr': no member has a ranker"),
+    (HARMFUL_PROMPT, [REFUSAL, "bad \ud800"], "auto", "candidates[1]: not valid Unicode: lone surrogate U+D800"),
 ])
 def test_bad_rank_requests_are_refused_with_a_clear_message(ensemble, prompt, candidates, method, message):
-    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(InputError, match=re.escape(message)):
         ensemble.rank(prompt, candidates, method=method)
 
 

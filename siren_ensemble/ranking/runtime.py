@@ -18,7 +18,7 @@ from ..encoding import plan_batches
 from ..errors import InputError
 from ..extraction import LoadedBackbone
 from ..members import MemberPlan
-from ..text import clean_text, join_prompt_response
+from ..text import check_encodable, clean_text, join_prompt_response
 from .model import RANKER_CONFIG_FILE, SRRRanker, has_ranker
 from .result import METHODS
 
@@ -35,6 +35,11 @@ def check_rank_request(prompt, candidates, method) -> None:
     for index, candidate in enumerate(candidates):
         if not isinstance(candidate, str):
             raise InputError(f"candidates[{index}]: expected a string, got {type(candidate).__name__}")
+    for where, text in [("prompt", prompt), *((f"candidates[{index}]", text) for index, text in enumerate(candidates))]:
+        try:
+            check_encodable(text)
+        except ValueError as error:
+            raise InputError(f"{where}: {error}") from None
     if method not in (AUTO, *METHODS):
         raise InputError(f"method: expected one of {', '.join((AUTO, *METHODS))}, got {method!r}")
 
