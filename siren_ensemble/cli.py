@@ -441,7 +441,7 @@ def data_sources():
 def serve(config_path, host, port, api_key, max_body_bytes, max_inputs, max_chars, max_streams, stream_idle_timeout,
           request_timeout, header_timeout, body_timeout, max_connections, batch_wait_ms, batch_max_texts, torch_threads,
           log_level):
-    """Run the HTTP service: OpenAI-compatible /v1/moderations, /v1/score, /v1/stream (WebSocket), /metrics."""
+    """Run the HTTP service: OpenAI-compatible /v1/moderations, /v1/score, /v1/rank, /v1/stream (WebSocket), /metrics."""
     try:
         from .serve.app import create_app
         from .serve.server import build_server

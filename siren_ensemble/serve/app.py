@@ -1,4 +1,4 @@
-"""The ASGI app: OpenAI-compatible moderation, our /v1/score, WebSocket streaming, health and metrics."""
+"""The ASGI app: OpenAI-compatible moderation, our /v1/score and /v1/rank, WebSocket streaming, health and metrics."""
 
 from __future__ import annotations
 
