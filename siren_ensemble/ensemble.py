@@ -205,9 +205,9 @@ class Ensemble:
         (prompt, candidate) pair; ``srr``: by the SRR rankers beside the members' heads (mean of their risks);
         ``auto``: ``srr`` when a member has a ranker, else ``siren``."""
         check_rank_request(prompt, candidates, method)
-        if self._rankers is None:
+        if self._rankers is None and method != "siren":  # "siren" ranks even beside a ranker that would not load
             self._rankers = load_rankers(self.plans, self._backbone_by_member())
-        method = resolve_method(method, self._rankers)
+        method = resolve_method(method, self._rankers or {})
         if method == "siren":
             results = self.score_batch([join_prompt_response(prompt, candidate) for candidate in candidates])
             return ranked(method, [r.score for r in results], [r.members for r in results], [r.errors for r in results])

@@ -209,8 +209,10 @@ def test_a_ranker_for_another_backbone_is_refused_when_ranking(head_dir, tmp_pat
     SRRRanker(RankerConfig(layers=(1,), max_length=64, num_layers=DEPTH, hidden_size=32, width=16, heads=2)).save(head)
     config = tmp_path / "ensemble.yaml"
     config.write_text(yaml.safe_dump({"members": [{"name": "tiny", "backbone": "llama3", "head": str(head)}]}))
+    ensemble = Ensemble.from_config(config)
     with pytest.raises(ArtifactError, match=f"ranker.json: made for a backbone of {DEPTH} layers x 32"):
-        Ensemble.from_config(config).rank(HARMFUL_PROMPT, [REFUSAL])
+        ensemble.rank(HARMFUL_PROMPT, [REFUSAL])
+    assert ensemble.rank(HARMFUL_PROMPT, [REFUSAL], method="siren").method == "siren"  # the head still ranks
 
 
 def test_runtime_features_match_the_feature_cache(tiny_models, ensemble, tmp_path):
