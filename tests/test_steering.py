@@ -131,6 +131,32 @@ def test_a_base_model_without_a_tied_lm_head_is_refused(tmp_path):
         adapter_for("qwen3", str(tmp_path / "base")).load_language_model()
 
 
+def test_a_gguf_members_lm_head_comes_from_its_own_output_tensor(tmp_path, monkeypatch):
+    from transformers import AutoModel
+
+    from siren_ensemble.backbones.base import BackboneSpec
+    from siren_ensemble.backbones.qwen import Qwen3Adapter
+
+    directory = build_tiny_model(tmp_path / "full", "qwen2", tie_word_embeddings=False)
+    AutoModel.from_pretrained(str(directory)).save_pretrained(str(tmp_path / "converted"))  # as the GGUF conversion saves it
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "converted" / name).write_bytes((directory / name).read_bytes())
+    adapter = Qwen3Adapter(BackboneSpec(adapter="qwen3", model="model.gguf", gguf_parts=(str(tmp_path / "model.gguf"),)))
+    adapter.__dict__["_location"] = (str(tmp_path / "converted"), {"trust_remote_code": False})
+    vocabulary = adapter.load_config().vocab_size
+    own_head = torch.randn(vocabulary, HIDDEN)
+    monkeypatch.setattr(gguf_cache, "output_weights", lambda source: own_head)
+    model = adapter.load_language_model()
+    assert torch.equal(model.get_output_embeddings().weight, own_head)
+    assert not torch.equal(model.get_output_embeddings().weight, model.get_input_embeddings().weight)
+    monkeypatch.setattr(gguf_cache, "output_weights", lambda source: own_head[:, :-1])
+    with pytest.raises(ArtifactError, match=rf"output tensor has shape \({vocabulary}, {HIDDEN - 1}\)"):
+        adapter.load_language_model()
+    monkeypatch.setattr(gguf_cache, "output_weights", lambda source: None)  # no output tensor, and the config does not tie
+    with pytest.raises(ArtifactError, match="lm_head.weight missing"):
+        adapter.load_language_model()
+
+
 def write_gguf(path, with_output: bool) -> np.ndarray:
     import gguf
     from gguf.quants import quantize

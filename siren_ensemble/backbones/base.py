@@ -170,12 +170,17 @@ class BackboneAdapter:
             raise ConfigError(f"{self.spec.describe()}: int8 is for scoring; generate in float32 or bfloat16")
         model, loading = self._from_pretrained("weights with the LM head", AutoModelForCausalLM,
                                                {**self.model_load_kwargs(), "output_loading_info": True})
+        self.check_model_type(model.config)
         missing = sorted(loading["missing_keys"])
         head = model.get_output_embeddings()
         if missing and self.spec.is_gguf and head is not None:
             weight = gguf_cache.output_weights(self._gguf_source())
-            if weight is not None and tuple(weight.shape) == tuple(head.weight.shape):
-                head.weight = nn.Parameter(weight.to(device=head.weight.device, dtype=head.weight.dtype))
+            if weight is not None and tuple(weight.shape) != tuple(head.weight.shape):
+                raise ArtifactError(f"{self.spec.describe()}: the GGUF's output tensor has shape {tuple(weight.shape)}, "
+                                    f"the model's LM head {tuple(head.weight.shape)}")
+            if weight is not None:
+                device = model.get_input_embeddings().weight.device  # a missing weight may sit on the meta device
+                head.weight = nn.Parameter(weight.to(device=device, dtype=self.spec.torch_dtype), requires_grad=False)
                 missing = [key for key in missing if key != _parameter_name(model, head)]
         if missing:
             raise ArtifactError(f"cannot load the LM head of {self.spec.describe()}: {', '.join(missing)} missing "
