@@ -98,7 +98,8 @@ def _siren_scores(scorer: FeatureScorer, path: DecisionPath, plans: Sequence[Mem
     pairs = [candidate.pair_text for group in groups for candidate in group.candidates]
     columns = []
     for plan in plans:
-        table = feature_table(scorer.extractor(plan), [records], pairs, plan.head.config.layers, scorer.progress)
+        # All the groups' texts, not the pairs alone: the rankers ask for the same list, so it is extracted once.
+        table = feature_table(scorer.extractor(plan), [records], group_texts(groups), plan.head.config.layers, scorer.progress)
         columns.append(scorer.head_scores(plan, table.layer_rows(pairs)))
     return path.scores(np.stack(columns, axis=1))
 
