@@ -560,7 +560,7 @@ def data_sources():
 def serve(config_path, host, port, api_key, max_body_bytes, max_inputs, max_chars, max_streams, stream_idle_timeout,
           request_timeout, header_timeout, body_timeout, max_connections, batch_wait_ms, batch_max_texts, torch_threads,
           log_level):
-    """Run the HTTP service: OpenAI-compatible /v1/moderations, /v1/score, /v1/stream (WebSocket), /metrics."""
+    """Run the HTTP service: OpenAI-compatible /v1/moderations, /v1/score, /v1/rank, /v1/stream (WebSocket), /metrics."""
     try:
         from .serve.app import create_app
         from .serve.server import build_server
@@ -581,6 +581,171 @@ def serve(config_path, host, port, api_key, max_body_bytes, max_inputs, max_char
     # A bad config stops here, before the port opens; weights load in the background.
     DecisionPath.from_config(config, validate_plan(config)[0])
     build_server(create_app(lambda: Ensemble.from_config(config), settings), settings, log_level=log_level).run()
+
+
+@cli.command()
+@config_option
+@click.option("--prompt", required=True, help="The prompt the candidates answer.")
+@click.option("--candidates", "candidates_path", required=True,
+              help='Candidate responses: a JSONL file of {"text"} or {"response"} lines, a file of plain lines, or - for stdin.')
+@click.option("--method", type=click.Choice(["auto", "siren", "srr"]), default="auto", show_default=True,
+              help="siren: the ensemble score of each (prompt, candidate) pair; srr: the SRR rankers beside the members' heads; "
+                   "auto: srr where a member has a ranker.")
+@click.option("--verbose", "-v", is_flag=True, help="Say on stderr which method ranked.")
+def rank(config_path, prompt, candidates_path, method, verbose):
+    """Rank candidate responses to --prompt by safety: one JSON line each, safest first ({"index", "score", "members"})."""
+    from .ensemble import Ensemble
+    from .inputs import read_inputs
+
+    candidates = [record.text for record in read_inputs(candidates_path)]
+    result = Ensemble.from_config(config_path).rank(prompt, candidates, method)
+    if verbose:
+        click.echo(f"ranked by {result.method}", err=True)
+    for candidate in result.candidates:
+        click.echo(json.dumps(candidate.to_dict(), ensure_ascii=False, allow_nan=False))
+
+
+@cli.command(name="train-ranker")
+@config_option
+@click.option("--member", required=True, help="The member of --config whose backbone the ranker reads.")
+@click.option("--data", "data_path", required=True, type=click.Path(file_okay=False), help="Split directory: groups from train, epochs chosen on validation.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for ranker.json + ranker.safetensors; the member's head directory makes `rank` use it.")
+@click.option("--layers", "layers_text", help="Backbone layers to read, e.g. 7,15,22 (default: a quarter, half and three quarters of the depth).")
+@click.option("--exclude-source", "exclude_sources", multiple=True, help="Leave this source's groups out of training (repeat), to test on it unseen.")
+@click.option("--max-length", type=click.IntRange(1), default=512, show_default=True, help="Tokens read per text (as train; shares its feature cache).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), help="Default: the member's dtype.")
+@click.option("--epochs", type=click.IntRange(1), default=150, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
+def train_ranker_command(config_path, member, data_path, out_dir, layers_text, exclude_sources, max_length, dtype, epochs, seed,
+                         cache_dir):
+    """Train an SRR ranker (Du et al.) for one member on ranking groups built from the split (see docs/ranking.md)."""
+    from .config import load_config
+    from .members import adapter_of_member
+    from .ranking.training import RankerOptions, train_ranker
+    from .training.feature_cache import FeatureExtractor
+
+    _log_progress_to_stderr()
+    adapter = adapter_of_member(load_config(config_path), member, dtype=dtype)
+    options = RankerOptions(layers=_parse_layers(layers_text), epochs=epochs, seed=seed, exclude_sources=tuple(exclude_sources))
+    report = train_ranker(FeatureExtractor(adapter, max_length=max_length, cache_dir=cache_dir), data_path, out_dir, options,
+                          progress=sys.stderr.isatty())
+    click.echo(json.dumps({"out": out_dir, "layers": report["config"]["layers"], "best_epoch": report["best_epoch"],
+                           "validation": report["validation"], "groups": {k: v["total"] for k, v in report["groups"].items()}}))
+
+
+@cli.command(name="evaluate-ranker")
+@config_option
+@click.option("--data", "data_path", required=True, type=click.Path(file_okay=False), help="Split directory.")
+@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True)
+@click.option("--ranker", "rankers", multiple=True, metavar="MEMBER=DIR",
+              help="Evaluate the ranker in DIR for MEMBER (repeat); default: the rankers beside the members' heads.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the full report as JSON here.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the added refusals and of the random ranker.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
+def evaluate_ranker_command(config_path, data_path, split, rankers, out_path, seed, cache_dir):
+    """Pairwise accuracy, top-1 rate and NDCG of a random ranker, the SIREN score and the SRR rankers, per source."""
+    from pathlib import Path
+
+    from .ranking.evaluation import RankerEvaluationOptions, evaluate_rankers, render
+
+    _log_progress_to_stderr()
+    overrides = {}
+    for item in rankers:
+        name, separator, directory = item.partition("=")
+        if not separator or not name or not directory:
+            raise SirenError(f"--ranker: expected MEMBER=DIR, got {item!r}")
+        overrides[name] = Path(directory)
+    report = evaluate_rankers(config_path, data_path, RankerEvaluationOptions(split=split, seed=seed, rankers=overrides),
+                              cache_dir, progress=sys.stderr.isatty())
+    if out_path:
+        Path(out_path).write_text(json.dumps(report, indent=2) + "\n")
+    click.echo(render(report))
+
+
+@cli.group()
+def steer():
+    """Steer a member's instruct model with our probe directions (h' = h + lambda * v); see docs/steering.md."""
+
+
+@steer.command(name="export")
+@config_option
+@click.option("--member", required=True, help="The member of --config whose backbone the directions belong to.")
+@click.option("--data", "data_path", required=True, type=click.Path(file_okay=False), help="Split directory: probes fit on train, C picked on validation.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for directions.json + directions.safetensors.")
+@click.option("--layers", "layers_text", help="Layers to export, e.g. 10-20 (default: all).")
+@click.option("--max-length", type=click.IntRange(1), default=512, show_default=True, help="Tokens read per text (as train; shares its feature cache).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), help="Default: the member's dtype.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="Processes fitting the layer probes side by side (same result).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
+def steer_export(config_path, member, data_path, out_dir, layers_text, max_length, dtype, seed, jobs, cache_dir):
+    """Per layer, the unit safety direction of the stage-1 probe and of the class means (benign -> harmful)."""
+    from .config import load_config
+    from .members import adapter_of_member
+    from .steering.directions import export_directions
+    from .training.feature_cache import FeatureExtractor
+
+    _log_progress_to_stderr()
+    adapter = adapter_of_member(load_config(config_path), member, dtype=dtype)
+    directions = export_directions(FeatureExtractor(adapter, max_length=max_length, cache_dir=cache_dir), data_path,
+                                   _parse_layers(layers_text), seed=seed, jobs=jobs, progress=sys.stderr.isatty())
+    directions.save(out_dir)
+    for entry in directions.config.layers:
+        click.echo(json.dumps(entry.model_dump(mode="json")))
+
+
+@steer.command(name="evaluate")
+@config_option
+@click.option("--member", required=True, help="The member of --config whose model is steered (loaded with its LM head).")
+@click.option("--directions", "directions_dir", required=True, type=click.Path(file_okay=False), help="From `steer export`.")
+@click.option("--data", "data_path", required=True, type=click.Path(file_okay=False), help="Split directory: held-out prompts from --split.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for steering.json and steering.png.")
+@click.option("--lambdas", default="2,4,8", show_default=True, help="Comma-separated lambdas (the unsteered model is always measured too).")
+@click.option("--layers", "layer_sets", multiple=True, required=True, help="A set of layers steered together, e.g. 15 or 13-15 (repeat for more sets).")
+@click.option("--lambda-unit", type=click.Choice(["gap", "absolute"]), default="gap", show_default=True,
+              help="gap: lambda counts each layer's class gap (harmful minus benign mean state); absolute: raw state units.")
+@click.option("--direction", type=click.Choice(["probe", "mean_difference"]), default="probe", show_default=True)
+@click.option("--harmful", type=click.IntRange(1), default=100, show_default=True, help="Held-out harmful prompts.")
+@click.option("--benign", type=click.IntRange(1), default=100, show_default=True, help="Held-out benign prompts.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--split", type=click.Choice(["test", "validation"]), default="test", show_default=True)
+@click.option("--judge-config", type=click.Path(dir_okay=False), default=str(DEFAULT_CONFIG),
+              show_default="the packaged default ensemble", help="The ensemble that judges the answers (response level).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), help="Default: the member's dtype.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompt sample.")
+def steer_evaluate(config_path, member, directions_dir, data_path, out_dir, lambdas, layer_sets, lambda_unit, direction, harmful,
+                   benign, max_new_tokens, batch_size, split, judge_config, dtype, seed):
+    """Sweep lambda x layer sets: refusal on held-out harmful and benign prompts (phrases, ensemble) and perplexity."""
+    from pathlib import Path
+
+    from .config import load_config
+    from .ensemble import Ensemble
+    from .evaluation.plots import steering_tradeoff
+    from .members import adapter_of_member
+    from .steering.directions import SteeringDirections
+    from .steering.language_model import InstructModel
+    from .steering.sweep import SweepOptions, held_out_prompts, render, run_sweep
+
+    _log_progress_to_stderr()
+    try:
+        values = tuple(float(value) for value in lambdas.split(","))
+    except ValueError:
+        raise SirenError(f"--lambdas: expected comma-separated numbers, got {lambdas!r}") from None
+    sets = tuple(_parse_layers(text) or () for text in layer_sets)
+    options = SweepOptions(lambdas=values, layer_sets=sets, lambda_unit=lambda_unit, direction=direction, harmful=harmful,
+                           benign=benign, max_new_tokens=max_new_tokens, batch_size=batch_size, split=split, seed=seed)
+    directions = SteeringDirections.load(directions_dir)
+    prompts = held_out_prompts(data_path, split, harmful, benign, seed)
+    model = InstructModel.load(adapter_of_member(load_config(config_path), member, dtype=dtype))
+    report = run_sweep(model, directions, Ensemble.from_config(judge_config), prompts, options, progress=sys.stderr.isatty())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "steering.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    steering_tradeoff(report, out / "steering.png")
+    click.echo(render(report))
 
 
 def main() -> None:

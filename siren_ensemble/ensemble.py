@@ -28,6 +28,9 @@ from .errors import ConfigError, InputError, MemberError, SirenError
 from .extraction import LoadedBackbone, union_of
 from .members import MemberPlan, plan_members, check_heads_against_backbones
 from .precision import DtypeChoice
+from .ranking.model import SRRRanker
+from .ranking.result import RankResult, ranked
+from .ranking.runtime import check_rank_request, load_rankers, resolve_method, srr_risks
 from .streaming import EnsembleStream, PassStream
 from .text import check_encodable, clean_text, join_prompt_response
 
@@ -155,6 +158,8 @@ class Ensemble:
             for stage in self.decision.stages
         ]
         self._lock = threading.Lock()
+        #: The members' SRR rankers, loaded on the first ``rank`` call.
+        self._rankers: dict[str, SRRRanker] | None = None
         for plan in plans:
             plan.head.to(backbones[plan.spec].input_device)
             if plan.categories is not None:
@@ -253,7 +258,28 @@ class Ensemble:
 
     __call__ = score
 
+    def rank(self, prompt: str, candidates: Sequence[str], method: str = "auto") -> RankResult:
+        """``candidates`` (responses to ``prompt``) safest first. ``siren``: by the ensemble score of each
+        (prompt, candidate) pair; ``srr``: by the SRR rankers beside the members' heads (mean of their risks);
+        ``auto``: ``srr`` when a member has a ranker, else ``siren``."""
+        check_rank_request(prompt, candidates, method)
+        if self._rankers is None and method != "siren":  # "siren" ranks even beside a ranker that would not load
+            self._rankers = load_rankers(self.plans, self._backbone_by_member())
+        method = resolve_method(method, self._rankers or {})
+        if method == "siren":
+            results = self.score_batch([join_prompt_response(prompt, candidate) for candidate in candidates])
+            return ranked(method, [r.score for r in results], [r.members for r in results], [r.errors for r in results])
+        backbones = self._backbone_by_member()
+        with self._lock:
+            risks = {name: srr_risks(ranker, backbones[name], prompt, candidates, self.config.batching)
+                     for name, ranker in self._rankers.items()}
+        members = [{name: float(values[row]) for name, values in risks.items()} for row in range(len(candidates))]
+        return ranked(method, np.mean(list(risks.values()), axis=0).tolist(), members)
+
     # ---- internals -----------------------------------------------------------------------
+
+    def _backbone_by_member(self) -> dict[str, LoadedBackbone]:
+        return {self.member_names[position]: shared.backbone for shared in self._passes for position in shared.member_positions}
 
     def _resolve_threshold(self, threshold: float | None) -> float:
         if threshold is None:

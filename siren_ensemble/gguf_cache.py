@@ -140,3 +140,52 @@ def _convert(source: GGUFSource, sha256: str, target: Path) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+
+
+#: The LM head of a GGUF whose converted copy (a base model) lacks one, beside that copy.
+LM_HEAD_FILE = "lm_head.safetensors"
+GGUF_OUTPUT_TENSOR = "output.weight"
+
+
+def output_weights(source: GGUFSource) -> torch.Tensor | None:
+    """The GGUF's own LM head (``output.weight``, vocab x hidden), de-quantised once into ``lm_head.safetensors``
+    beside the converted copy; ``None`` when the GGUF has none (its LM head is the tied token embeddings).
+
+    Only steering needs it: scoring loads the base model, and the conversion keeps that alone.
+    """
+    from safetensors.torch import load_file, save_file
+
+    target = converted(source)
+    stored = target / LM_HEAD_FILE
+    if not stored.is_file():
+        weight = _read_output_tensor(source, target)
+        tensors = {} if weight is None else {"weight": torch.from_numpy(weight).to(CACHE_DTYPE)}
+        partial = stored.with_name(stored.name + ".partial")
+        save_file(tensors, str(partial), metadata={"tied": str(weight is None).lower()})
+        partial.replace(stored)
+    tensors = load_file(str(stored))
+    return tensors.get("weight")
+
+
+def _read_output_tensor(source: GGUFSource, target: Path):
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    work = Path(tempfile.mkdtemp(prefix=".lm-head-", dir=target.parent))
+    try:
+        if len(source.parts) == 1:
+            gguf = source.parts[0]
+        else:
+            gguf = work / "joined.gguf"
+            if source.digest(copy_to=gguf) != target.name:  # the converted copy is named by the sha256
+                raise ArtifactError(f"{source.label}: the parts changed while being read; try again")
+        try:
+            reader = GGUFReader(str(gguf))
+        except (OSError, ValueError) as error:
+            raise ArtifactError(f"{source.label}: cannot read the GGUF file: {error}") from None
+        for tensor in reader.tensors:
+            if tensor.name == GGUF_OUTPUT_TENSOR:
+                return dequantize(tensor.data, tensor.tensor_type).astype("float32")
+        return None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -8,7 +8,6 @@ the last block reads the normed state and every other layer reads the raw residu
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, NonNegativeInt, 
 from torch import nn
 
 from . import files
+from .artifacts import read_config, read_tensors, write_artifact
 from .errors import ArtifactError
 from .module_files import load_strictly, save_module
 from .validation import format_validation_error
@@ -208,15 +208,7 @@ def read_head_config(directory: str | Path) -> HeadConfig:
     config_file = Path(directory) / CONFIG_FILE
     if not config_file.exists():
         raise ArtifactError(f"{config_file}: missing (a SIREN head directory holds {CONFIG_FILE} and {WEIGHTS_FILE})")
-    text = files.read_text(config_file, files.MAX_HEAD_CONFIG_BYTES, ArtifactError, "head config")
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ArtifactError(f"{config_file}: not valid JSON ({error})") from None
-    try:
-        config = HeadConfig.model_validate(raw)
-    except ValidationError as error:
-        raise ArtifactError(f"{config_file}: {format_validation_error(error, HeadConfig)}") from None
+    config = read_config(config_file, HeadConfig, "head config", limit=files.MAX_HEAD_CONFIG_BYTES)
     _check_consistency(config, config_file)
     return config
 

@@ -6,6 +6,7 @@ to load one backbone per distinct spec.
 
 from __future__ import annotations
 
+import difflib
 import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -94,7 +95,9 @@ def member_named(config: EnsembleConfig, name: str) -> MemberConfig:
     """The member called ``name`` (``--member``); an unknown name lists the config's members."""
     names = [member.name for member in config.members]
     if name not in names:
-        raise ConfigError(f"--member: {config.source} has no member {name!r} (it has {', '.join(names)})")
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        guess = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"--member: {config.source} has no member {name!r}{guess} (it has {', '.join(names)})")
     return config.members[names.index(name)]
 
 

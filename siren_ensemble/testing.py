@@ -221,6 +221,45 @@ def write_synthetic_split(directory: str | Path, seed: int = 0) -> Path:
     return directory
 
 
+def write_ranking_split(directory: str | Path, seed: int = 0) -> Path:
+    """A split directory for ranking: each templated request (harmful or benign) as a prompt-level record and
+    with one answer, response level: a compliant answer to a harmful request (label 1), a helpful answer to a
+    benign one (label 0). Every third harmful request also has a templated refusal in the data. Answers come
+    from two sources per class (``harmful-answers-a``, ...); each request is its own group.
+    """
+    import json
+    import random
+
+    from .data.records import SafetyRecord, write_records
+    from .data.refusals import SOURCE as TEMPLATED_REFUSALS, refusal_for
+
+    rng = random.Random(seed)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    groups = []
+    for label, acts in ((1, _HARMFUL_ACTS), (0, _BENIGN_ACTS)):
+        kind = "harmful" if label else "helpful"
+        for index, act in enumerate(acts):
+            for number, opener in enumerate(_OPENERS):
+                prompt = f"{opener} {act}?"
+                answer = f"Sure! Here is how to {act}: first get ready, then {act} step by step."
+                records = [SafetyRecord(label=label, source=f"{kind}-requests", text=prompt, group=prompt),
+                           SafetyRecord(label=label, source=f"{kind}-answers-{'ab'[index % 2]}", level="response",
+                                        prompt=prompt, response=answer, group=prompt)]
+                if label and number % 3 == 0:
+                    records.append(SafetyRecord(label=0, source=TEMPLATED_REFUSALS, level="response", prompt=prompt,
+                                                response=refusal_for(prompt, rng), group=prompt))
+                groups.append(records)
+    rng.shuffle(groups)
+    cut_validation, cut_test = int(0.6 * len(groups)), int(0.8 * len(groups))
+    splits = {"train": groups[:cut_validation], "validation": groups[cut_validation:cut_test], "test": groups[cut_test:]}
+    for name, split in splits.items():
+        write_records(directory / f"{name}.jsonl", [record for group in split for record in group])
+    counts = {name: sum(len(group) for group in split) for name, split in splits.items()}
+    (directory / "manifest.json").write_text(json.dumps({"synthetic": "ranking", "seed": seed, "counts": counts}) + "\n")
+    return directory
+
+
 _NEUTRAL_WORDS = ["the", "sea", "bread", "home", "wind", "poem", "short", "history", "capital", "garden", "music",
                   "article", "simple", "europe", "query", "name", "fox", "dog", "brown", "quick", "policy", "two",
                   "step", "train", "system", "write", "about", "press", "paris", "city"]

@@ -186,6 +186,8 @@ class ResolvedWeights:
     revision: str | None = None
     #: gguf-converted: the sha256 the GGUF file(s) hashed to (equal to the pin when the config gives one).
     sha256: str | None = None
+    #: gguf-converted: the GGUF itself, for what the conversion leaves out (its own LM head, for steering).
+    gguf: gguf_cache.GGUFSource | None = None
 
     def from_pretrained_kwargs(self) -> dict[str, Any]:
         """Which version of ``location`` to read, for every from_pretrained call (config, tokenizer, model)."""
@@ -202,7 +204,7 @@ def resolve_weights(reference: WeightReference) -> ResolvedWeights:
         except OSError as error:
             raise ArtifactError(f"cannot convert the GGUF weights of {reference.describe()}: {error}") from None
         # The converted copy is stored under the sha256 the file hashed to.
-        return ResolvedWeights("gguf-converted", str(directory), sha256=directory.name)
+        return ResolvedWeights("gguf-converted", str(directory), sha256=directory.name, gguf=source)
     if Path(reference.model).is_dir():
         refuse_pickled_weights(Path(reference.model))
         return ResolvedWeights("local-dir", reference.model, reference.revision)

@@ -184,7 +184,7 @@ def test_train_for_a_config_member_takes_its_weights(write_config, data_package)
     config = load_config(path)
     adapter = adapter_of_member(config, "parts")
     assert adapter.spec.sha256 == "2" * 64 and len(adapter.spec.gguf_parts) == 2
-    with pytest.raises(ConfigError, match=r"--member: .* has no member 'part' \(it has parts\)"):
+    with pytest.raises(ConfigError, match=r"--member: .* has no member 'part'; did you mean 'parts'\? \(it has parts\)"):
         adapter_of_member(config, "part")
     result = CliRunner().invoke(cli, ["train", "--member", "parts", "--config", str(path), "--backbone", "llama3",
                                       "--data", "d", "--out", "o"])

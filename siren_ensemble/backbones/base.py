@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .. import gguf_cache
 from ..errors import ArtifactError, ConfigError
 from ..precision import INT8, check_int8_device, quantize_linear_layers
 from ..quiet_loading import quiet_transformers
@@ -133,6 +134,33 @@ class BackboneAdapter:
             model = quantize_linear_layers(model)
         return model
 
+    def load_language_model(self, weights: ResolvedWeights) -> nn.Module:
+        """The same weights with their LM head (``AutoModelForCausalLM``), to generate text (steering); scoring never
+        loads it. A GGUF's converted copy is a base model: its LM head comes from the GGUF's own output tensor, or
+        is the tied token embeddings when the GGUF has none."""
+        from transformers import AutoModelForCausalLM
+
+        if self.spec.dtype == INT8:
+            raise ConfigError(f"{self.spec.describe()}: int8 is for scoring; generate in float32 or bfloat16")
+        model, loading = self._from_pretrained("weights with the LM head", AutoModelForCausalLM, weights,
+                                               {**self.model_load_kwargs(weights), "output_loading_info": True})
+        self.check_model_type(model.config)
+        missing = sorted(loading["missing_keys"])
+        head = model.get_output_embeddings()
+        if missing and weights.gguf is not None and head is not None:
+            weight = gguf_cache.output_weights(weights.gguf)
+            if weight is not None and tuple(weight.shape) != tuple(head.weight.shape):
+                raise ArtifactError(f"{self.spec.describe()}: the GGUF's output tensor has shape {tuple(weight.shape)}, "
+                                    f"the model's LM head {tuple(head.weight.shape)}")
+            if weight is not None:
+                device = model.get_input_embeddings().weight.device  # a missing weight may sit on the meta device
+                head.weight = nn.Parameter(weight.to(device=device, dtype=self.spec.torch_dtype), requires_grad=False)
+                missing = [key for key in missing if key != _parameter_name(model, head)]
+        if missing:
+            raise ArtifactError(f"cannot load the LM head of {self.spec.describe()}: {', '.join(missing)} missing "
+                                "from its weights (and not tied to the embeddings)")
+        return model.eval().requires_grad_(False)
+
     def load_tokenizer(self, weights: ResolvedWeights):
         from transformers import AutoTokenizer
 
@@ -172,6 +200,11 @@ class BackboneAdapter:
         """Keyword arguments for the forward call: a decoder's KV cache is never needed for scoring."""
         accepts_cache = "use_cache" in inspect.signature(model.forward).parameters
         return {"use_cache": False} if accepts_cache else {}
+
+
+def _parameter_name(model: nn.Module, head: nn.Module) -> str:
+    """The state-dict name of ``head``'s weight in ``model`` (``lm_head.weight``)."""
+    return next(f"{name}.weight" for name, module in model.named_modules() if module is head)
 
 
 def check_device_available(device: str) -> None:

@@ -38,8 +38,13 @@ def templated_refusals(harmful_prompts: Iterable[SafetyRecord], seed: int) -> It
         if record.level != "prompt" or record.label != 1:
             continue
         prompt = record.text or ""
-        words = prompt.split()
-        excerpt = " ".join(words[:EXCERPT_WORDS]).rstrip("?.!,;:") + ("..." if len(words) > EXCERPT_WORDS else "")
-        response = rng.choice(REFUSAL_TEMPLATES).format(excerpt=excerpt)
+        response = refusal_for(prompt, rng)
         yield SafetyRecord(label=0, source=SOURCE, level="response", prompt=prompt, response=response,
                            group=record.group)
+
+
+def refusal_for(prompt: str, rng: random.Random) -> str:
+    """One templated refusal of ``prompt``, its style drawn from ``rng`` (the templates quoting it get an excerpt)."""
+    words = prompt.split()
+    excerpt = " ".join(words[:EXCERPT_WORDS]).rstrip("?.!,;:") + ("..." if len(words) > EXCERPT_WORDS else "")
+    return rng.choice(REFUSAL_TEMPLATES).format(excerpt=excerpt)

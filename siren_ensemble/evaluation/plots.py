@@ -19,6 +19,14 @@ def _pyplot():
     return plt
 
 
+def _save(plt, figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
 def curves(labels: np.ndarray, scores_by_name: Mapping[str, np.ndarray], directory: str | Path, title: str) -> list[Path]:
     plt = _pyplot()
     directory = Path(directory)
@@ -56,11 +64,7 @@ def layer_f1(reports: Mapping[str, dict], path: str | Path) -> Path:
     axes.set_title("Per-layer linear probe F1")
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def category_confusion(confusion: dict, path: str | Path, title: str) -> Path:
@@ -116,8 +120,34 @@ def layer_analysis(report: dict, path: str | Path) -> Path:
     gap_handles = gap_axes.get_legend_handles_labels()
     cosines.legend(handles[0] + gap_handles[0], handles[1] + gap_handles[1], fontsize=8, loc="best")
     figure.text(0.01, 0.005, f"shaded: gap opens to stabilises; dashed: recommended cut (layer {cut})", fontsize=7)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
+
+
+def steering_tradeoff(report: dict, path: str | Path) -> Path:
+    """A steering sweep (``steering.json``): refusal on harmful vs benign prompts, and fluency, per layer set and lambda."""
+    plt = _pyplot()
+    settings = report["settings"]
+    unsteered = settings[0]
+    by_layers: dict[str, list[dict]] = {}
+    for setting in settings[1:]:
+        by_layers.setdefault(",".join(map(str, setting["layers"])), []).append(setting)
+    figure, (tradeoff, fluency) = plt.subplots(1, 2, figsize=(12, 5))
+    for layers, rows in by_layers.items():
+        rows = [unsteered, *sorted(rows, key=lambda row: row["lambda"])]
+        x = [row["benign_prompts"]["refusal_rate_phrases"] for row in rows]
+        y = [row["harmful_prompts"]["refusal_rate_phrases"] for row in rows]
+        tradeoff.plot(x, y, marker="o", label=f"layers {layers}")
+        for row, x_value, y_value in zip(rows, x, y):
+            tradeoff.annotate(f"{row['lambda']:g}", (x_value, y_value), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        fluency.plot([row["lambda"] for row in rows], [row["perplexity"]["median"] for row in rows], marker="o",
+                     label=f"layers {layers}")
+    tradeoff.set_xlabel("benign prompts refused (over-refusal, phrase check)")
+    tradeoff.set_ylabel("harmful prompts refused (phrase check)")
+    tradeoff.set_title(f"Steering trade-off ({report['options']['direction']} direction; points: lambda)")
+    fluency.set_xlabel(f"lambda ({report['options']['lambda_unit']})")
+    fluency.set_ylabel("median perplexity under the unsteered model")
+    fluency.set_title("Fluency of the answers")
+    for axes in (tradeoff, fluency):
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    return _save(plt, figure, path)

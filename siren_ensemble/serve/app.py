@@ -1,4 +1,4 @@
-"""The ASGI app: OpenAI-compatible moderation, our /v1/score, WebSocket streaming, health and metrics."""
+"""The ASGI app: OpenAI-compatible moderation, our /v1/score and /v1/rank, WebSocket streaming, health and metrics."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from ..text import join_prompt_response
 from .auth import is_authorized
 from .metrics import ServiceMetrics
 from .middleware import BodySizeLimit, HeaderSizeLimit, RequestMetrics
-from .schemas import (ErrorResponse, ModerationRequest, ModerationResponse, ScoreRequest, StreamChunk, StreamStart, error_body,
-                      moderation_result)
+from .schemas import (ErrorResponse, ModerationRequest, ModerationResponse, RankRequest, RankResponse, ScoreRequest, StreamChunk,
+                      StreamStart, error_body, moderation_result)
 from .scoring import Scorer
 from .settings import ServeSettings
 
@@ -149,6 +149,21 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
             if value is not None:
                 _check_limits([value], settings, field, single=True)
         (result,) = await scorer.score([text], body.threshold)
+        return result.to_dict()
+
+    @app.post("/v1/rank", dependencies=[Depends(require_key)], response_model=RankResponse, response_model_exclude_defaults=True,
+              responses=_API_ERRORS)
+    async def rank(body: RankRequest):
+        scorer = service.ready_scorer()
+        _check_limits([body.prompt], settings, "prompt", single=True)
+        _check_limits(body.candidates, settings, "candidates")
+        work = scorer.batcher.run_on_model_thread(scorer.ensemble.rank, body.prompt, body.candidates, body.method)
+        try:
+            result = await asyncio.wait_for(work, settings.request_timeout_s)
+        except InputError as error:
+            raise HTTPException(400, str(error)) from None
+        except TimeoutError:
+            raise HTTPException(503, f"no ranking within {settings.request_timeout_s:g} s; retry later") from None
         return result.to_dict()
 
     @app.websocket("/v1/stream")

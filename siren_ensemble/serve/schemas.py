@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
@@ -70,6 +70,27 @@ class ScoreRequest(BaseModel):
         if self.window is not None and self.messages is None:
             raise ValueError("`window` applies to `messages` only")
         return self
+
+
+class RankRequest(BaseModel):
+    """Candidate responses to one prompt, to be ranked safest first (``Ensemble.rank``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: StrictText
+    candidates: list[StrictText] = Field(min_length=1)
+    method: Literal["auto", "siren", "srr"] = "auto"
+
+
+class RankedCandidateBody(BaseModel):
+    index: int
+    score: float
+    members: dict[str, float | None]
+    errors: dict[str, str] = {}
+
+
+class RankResponse(BaseModel):
+    method: str
+    ranking: list[RankedCandidateBody]
 
 
 class StreamStart(BaseModel):
