@@ -194,6 +194,11 @@ class ResolvedWeights:
         return {"revision": self.revision} if self.revision else {}
 
 
+def gguf_output_weights(weights: ResolvedWeights):
+    """A converted GGUF's own LM head (vocab x hidden tensor), or ``None`` when it has none (tied embeddings)."""
+    return gguf_cache.output_weights(weights.gguf) if weights.gguf is not None else None
+
+
 def resolve_weights(reference: WeightReference) -> ResolvedWeights:
     """``reference`` made loadable: a GGUF fetched, sha256-checked and converted; a pickle-only directory refused."""
     if reference.is_gguf:

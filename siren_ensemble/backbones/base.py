@@ -13,11 +13,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .. import gguf_cache
 from ..errors import ArtifactError, ConfigError
 from ..precision import INT8, check_int8_device, quantize_linear_layers
 from ..quiet_loading import quiet_transformers
-from ..weights import ResolvedWeights, WeightReference
+from ..weights import ResolvedWeights, WeightReference, gguf_output_weights
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: The dtype the weights load in, per member dtype: int8 loads float32 and quantises the linear layers after.
@@ -148,7 +147,7 @@ class BackboneAdapter:
         missing = sorted(loading["missing_keys"])
         head = model.get_output_embeddings()
         if missing and weights.gguf is not None and head is not None:
-            weight = gguf_cache.output_weights(weights.gguf)
+            weight = gguf_output_weights(weights)
             if weight is not None and tuple(weight.shape) != tuple(head.weight.shape):
                 raise ArtifactError(f"{self.spec.describe()}: the GGUF's output tensor has shape {tuple(weight.shape)}, "
                                     f"the model's LM head {tuple(head.weight.shape)}")
