@@ -24,6 +24,9 @@ DEFAULT_MEMBERS := smollm2-135m qwen2.5-coder-0.5b gemma3-270m
 # max_length that reads 96% of responses whole (docs/evaluation.md).
 DEFAULT_TRAIN_OPTIONS := --dtype bfloat16 --max-length 512 --seed 0 --trials 24 --jobs 2
 HEADS_OUT ?= retrained-heads
+# Share of each backbone's blocks its default head reads (docs/layers.md: the shallowest budget whose
+# test F1 stays within 0.5 points of the full-depth head's).
+DEFAULT_DEPTH_BUDGETS := smollm2-135m:0.5 qwen2.5-coder-0.5b:0.75 gemma3-270m:0.85
 
 .PHONY: install install-models install-test install-data data default-split evaluate-default train-default \
 	train-default-categories conversations-default test demo tiny-demo clean
@@ -63,8 +66,10 @@ evaluate-default: install-models default-split
 # Retrains the three heads (each with its calibration.json) into $(HEADS_OUT)/:
 # same seed and data give the committed files. The feature cache makes a stopped run resume where it stopped.
 train-default: install-models default-split
-	for member in $(DEFAULT_MEMBERS); do \
-		$(BIN)/siren-ensemble train --member $$member --data $(DEFAULT_SPLIT) --out $(HEADS_OUT)/$$member $(DEFAULT_TRAIN_OPTIONS) || exit 1; \
+	for spec in $(DEFAULT_DEPTH_BUDGETS); do \
+		member=$${spec%%:*}; budget=$${spec##*:}; \
+		$(BIN)/siren-ensemble train --member $$member --data $(DEFAULT_SPLIT) --out $(HEADS_OUT)/$$member \
+			--depth-budget $$budget $(DEFAULT_TRAIN_OPTIONS) || exit 1; \
 	done
 
 # Category heads beside the three committed heads (written into siren_ensemble/default_ensemble/heads/), from

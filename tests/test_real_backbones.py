@@ -204,8 +204,8 @@ def default_split(default_dataset, tmp_path_factory) -> Path:
 
 
 def test_the_split_rebuilds_to_the_one_the_heads_were_trained_on(default_dataset, default_split, tmp_path):
-    """The heads were trained before records had categories: without that field the rebuild is byte for byte the
-    split they were trained on (their recorded manifest hash), and with it every text stays where it was."""
+    """Some heads were trained before records had categories, some after: each head's recorded manifest hash is
+    the rebuild's, with or without that field, and both rebuilds hold the same texts in the same places."""
     from dataclasses import replace
 
     from siren_ensemble.data.build import write_split_dir
@@ -215,9 +215,10 @@ def test_the_split_rebuilds_to_the_one_the_heads_were_trained_on(default_dataset
     splits = {name: [replace(record, categories=None) for record in records] for name, records in default_dataset.splits.items()}
     as_trained = tmp_path / "as-trained"
     write_split_dir(replace(default_dataset, splits=splits), as_trained)
+    fingerprints = {data_fingerprint(as_trained), data_fingerprint(default_split)}
     for name in DEFAULT_MEMBERS:
         report = json.loads((DEFAULT_CONFIG.parent / "heads" / name / "training_report.json").read_text())
-        assert report["data"]["fingerprint"] == data_fingerprint(as_trained), name
+        assert report["data"]["fingerprint"] in fingerprints, name
     assert all(split.same for split in compare_split_dirs(as_trained, default_split))
 
 
