@@ -72,6 +72,8 @@ class Outcome:
     answered: int = 0
     lost: list[str] = field(default_factory=list)
     wrong: list[str] = field(default_factory=list)
+    #: Of ``wrong``: answers whose verdict differs from scoring the text alone (the rest differ in score only).
+    verdict_flips: list[str] = field(default_factory=list)
     latencies: dict[str, list[float]] = field(default_factory=dict)
     max_difference: float = 0.0
 
@@ -144,7 +146,10 @@ class Checker:
         if errors:
             self.outcome.wrong.append(f"{what}: the failure policy answered: {errors}")
         elif difference > self.tolerance or flagged is not want_flagged:
-            self.outcome.wrong.append(f"{what}: score {score!r} flagged {flagged} but alone {want_score!r} flagged {want_flagged}")
+            problem = f"{what}: score {score!r} flagged {flagged} but alone {want_score!r} flagged {want_flagged}"
+            self.outcome.wrong.append(problem)
+            if flagged is not want_flagged:
+                self.outcome.verdict_flips.append(problem)
 
 
 async def run_load(base: str, work: list[Work], checker: Checker, concurrency: int, duration_s: float) -> float:
@@ -256,12 +261,13 @@ def run(config: str, requests: int = 2000, concurrency: int = 32, duration_s: fl
     report = {
         "config": str(config), "concurrency": concurrency, "requests": requests, "sent": outcome.sent, "kinds_sent": kinds,
         "answered": outcome.answered, "lost": len(outcome.lost), "wrong": len(outcome.wrong),
+        "verdict_flips": len(outcome.verdict_flips),
         "max_score_difference": outcome.max_difference, "tolerance": tolerance, "wall_s": wall_s,
         "requests_per_s": outcome.sent / wall_s if wall_s else 0.0, "reference_texts": len(reference),
         "reference_s": reference_s, "ready_after": ready,
         "latency_ms": {kind: {"p50": percentile_ms(values, 50), "p99": percentile_ms(values, 99), "n": len(values)}
                        for kind, values in [*outcome.latencies.items(), ("all", all_latencies)]},
-        "first_lost": outcome.lost[:5], "first_wrong": outcome.wrong[:5],
+        "first_lost": outcome.lost[:5], "first_wrong": outcome.wrong[:5], "first_flips": outcome.verdict_flips[:5],
     }
     report["ok"] = not outcome.lost and not outcome.wrong and outcome.sent == requests and ready == "ready"
     return report
@@ -271,12 +277,13 @@ def print_report(report: dict) -> None:
     print(f"{report['config']}: {report['sent']}/{report['requests']} requests sent ({report['kinds_sent']}), "
           f"{report['concurrency']} clients, {report['wall_s']:.1f} s, {report['requests_per_s']:.1f} requests/s")
     print(f"answered {report['answered']}, lost {report['lost']}, wrong {report['wrong']} "
+          f"(verdict flips {report['verdict_flips']}) "
           f"(largest score difference from scoring alone: {report['max_score_difference']:.2e}, tolerance {report['tolerance']:g}); "
           f"/readyz after: {report['ready_after']}")
     print(f"{'latency':<14}{'n':>7}{'p50 ms':>10}{'p99 ms':>10}")
     for kind, row in report["latency_ms"].items():
         print(f"{kind:<14}{row['n']:>7}{row['p50']:>10.1f}{row['p99']:>10.1f}")
-    for problem in report["first_lost"] + report["first_wrong"]:
+    for problem in report["first_lost"] + report["first_flips"] + report["first_wrong"]:
         print(f"  {problem}")
 
 

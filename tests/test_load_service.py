@@ -39,7 +39,7 @@ def test_a_small_load_on_the_tiny_ensemble_loses_nothing_and_answers_as_alone(tm
     report = bench.run(str(config), requests=80, concurrency=8, duration_s=120)
     bench.print_report(report)
     assert report["ok"], report
-    assert report["sent"] == report["answered"] == 80 and report["lost"] == report["wrong"] == 0
+    assert report["sent"] == report["answered"] == 80 and report["lost"] == report["wrong"] == report["verdict_flips"] == 0
     assert all(report["kinds_sent"][kind] > 0 for kind in ("prompt", "response", "stream"))
     assert report["latency_ms"]["stream chunk"]["n"] > report["kinds_sent"]["stream"]  # one per chunk
 
@@ -54,3 +54,14 @@ def test_the_checker_counts_a_different_score_verdict_or_a_policy_answer_as_wron
     checker.check("verdict", ("p", None), 0.5, False, {})
     checker.check("policy", ("p", None), 0.5, True, {"service": "timeout"})
     assert [problem.split(":")[0] for problem in outcome.wrong] == ["off", "verdict", "policy"]
+
+
+def test_the_checker_counts_verdict_flips_apart_from_score_drift():
+    bench = load_bench()
+    outcome = bench.Outcome()
+    checker = bench.Checker({"a": (0.40, True), "b": (0.30, False)}, tolerance=1e-5, outcome=outcome)
+    checker.check("same", "a", 0.40, True, {})
+    checker.check("drift", "a", 0.41, True, {})        # score moved, verdict kept
+    checker.check("flip", "b", 0.31, True, {})         # verdict changed
+    assert len(outcome.wrong) == 2 and len(outcome.verdict_flips) == 1 and outcome.verdict_flips[0].startswith("flip")
+    assert abs(outcome.max_difference - 0.01) < 1e-9
