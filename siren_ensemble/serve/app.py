@@ -23,7 +23,7 @@ from .metrics import ServiceMetrics
 from .middleware import BodySizeLimit, HeaderSizeLimit, RequestMetrics
 from .schemas import (ErrorResponse, ModerationRequest, ModerationResponse, RankRequest, RankResponse, ScoreRequest, StreamChunk,
                       StreamStart, error_body, moderation_result)
-from .scoring import Scorer
+from .scoring import MakeBatcher, Scorer, micro_batcher
 from .settings import ServeSettings
 
 log = logging.getLogger("siren_ensemble.serve")
@@ -64,8 +64,10 @@ class _Service:
         return self.scorer
 
 
-def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSettings = ServeSettings()) -> FastAPI:
-    """``ensemble`` is a loaded Ensemble, or a loader called on a thread at startup (``/readyz`` waits for it)."""
+def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSettings = ServeSettings(),
+               make_batcher: MakeBatcher = micro_batcher) -> FastAPI:
+    """``ensemble`` is a loaded Ensemble, or a loader called on a thread at startup (``/readyz`` waits for it).
+    ``make_batcher`` gathers requests into batches: the micro-batcher, or Ray Serve's (``siren_ensemble.ray``)."""
     service = _Service(settings)
 
     async def load() -> None:
@@ -75,7 +77,7 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
             service.load_error = f"{type(error).__name__}: {error}"
             log.error("models failed to load: %s", service.load_error)
             return
-        scorer = Scorer(loaded, settings, service.metrics)
+        scorer = Scorer(loaded, settings, service.metrics, make_batcher)
         scorer.start()
         service.scorer = scorer
         log.info("models loaded: %s", ", ".join(f"{name} ({choice.describe()})" for name, choice in loaded.precision.items()))

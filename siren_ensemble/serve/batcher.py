@@ -108,31 +108,40 @@ class MicroBatcher:
         return [pending for pending in batch if not pending.future.done()]  # abandoned while the batch gathered
 
     async def _score(self, batch: list[_Pending]) -> None:
-        texts = [text for pending in batch for text in pending.texts]
-        owners = [pending.abandoned for pending in batch for _ in pending.texts]
-        self._on_batch(len(texts))
+        self._on_batch(sum(len(pending.texts) for pending in batch))
+        requests = [pending.texts for pending in batch]
+        abandoned = [pending.abandoned for pending in batch]
+        outcomes = await self.run_on_model_thread(score_requests, self._score_batch, requests, abandoned)
+        for pending, outcome in zip(batch, outcomes):
+            if pending.future.done():
+                continue
+            if isinstance(outcome, Exception):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
 
-        def abandoned(row: int) -> bool:
-            return owners[row].is_set()
 
-        try:
-            results = await self.run_on_model_thread(lambda: self._score_batch(texts, abandoned=abandoned))
-        except Exception as error:
-            if len(batch) > 1:  # one request's text must not fail the requests it was gathered with
-                for pending in batch:
-                    if not pending.future.done():
-                        await self._score([pending])
-                return
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(error)
-            return
-        start = 0
-        for pending in batch:
-            end = start + len(pending.texts)
-            if not pending.future.done():
-                pending.future.set_result(list(results[start:end]))
-            start = end
+def score_requests(score_batch: ScoreBatch, requests: Sequence[Sequence[str]],
+                   abandoned: Sequence[threading.Event]) -> list[list[Any] | Exception]:
+    """Score the texts of gathered requests in one ``score_batch`` call; per request, its results or the error.
+
+    A batch that raises is scored again request by request, so an error reaches only the request that caused
+    it; a request abandoned meanwhile is not scored again (its outcome goes to nobody). Runs on the model thread.
+    """
+    texts = [text for request in requests for text in request]
+    owners = [flag for request, flag in zip(requests, abandoned) for _ in request]
+    try:
+        results = score_batch(texts, abandoned=lambda row: owners[row].is_set())
+    except Exception as error:
+        if len(requests) == 1:
+            return [error]
+        return [score_requests(score_batch, [request], [flag])[0] if not flag.is_set() else error
+                for request, flag in zip(requests, abandoned)]
+    outcomes, start = [], 0
+    for request in requests:
+        outcomes.append(list(results[start:start + len(request)]))
+        start += len(request)
+    return outcomes
 
 
 def _chars(pending: _Pending) -> int:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
+from typing import Any, Callable, Protocol
 
 from ..ensemble import Ensemble, EnsembleResult
-from .batcher import MicroBatcher
+from .batcher import MicroBatcher, ScoreBatch
 from .metrics import ServiceMetrics
 from .settings import ServeSettings
 
@@ -22,17 +23,38 @@ log = logging.getLogger("siren_ensemble.serve")
 SERVICE_ERROR_KEY = "service"
 
 
+class Batcher(Protocol):
+    """Gathers concurrent requests into ``score_batch`` calls on one model thread (``MicroBatcher``, or Ray
+    Serve's ``@serve.batch`` in ``siren_ensemble.ray``)."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def score(self, texts: list[str]) -> list[Any]: ...
+
+    async def run_on_model_thread(self, function: Callable[..., Any], *args) -> Any: ...
+
+
+#: Builds the batcher of a scorer: ``(score_batch, settings, on_batch, thread_initializer) -> Batcher``.
+MakeBatcher = Callable[[ScoreBatch, ServeSettings, Callable[[int], None], Callable[[], None] | None], Batcher]
+
+
+def micro_batcher(score_batch: ScoreBatch, settings: ServeSettings, on_batch: Callable[[int], None],
+                  thread_initializer: Callable[[], None] | None) -> MicroBatcher:
+    return MicroBatcher(score_batch, max_wait_s=settings.batch_wait_ms / 1000, max_texts=settings.batch_max_texts,
+                        max_chars=settings.batch_max_chars, on_batch=on_batch, thread_initializer=thread_initializer)
+
+
 class Scorer:
-    def __init__(self, ensemble: Ensemble, settings: ServeSettings, metrics: ServiceMetrics):
+    def __init__(self, ensemble: Ensemble, settings: ServeSettings, metrics: ServiceMetrics,
+                 make_batcher: MakeBatcher = micro_batcher):
         self.ensemble = ensemble
         self.settings = settings
         self.metrics = metrics
         self.fail_open = ensemble.config.on_member_error == "fail_open"
-        self.batcher = MicroBatcher(
-            self._score_batch, max_wait_s=settings.batch_wait_ms / 1000, max_texts=settings.batch_max_texts,
-            max_chars=settings.batch_max_chars, on_batch=metrics.batch_texts.observe,
-            thread_initializer=_torch_threads(settings.torch_threads),
-        )
+        self.batcher = make_batcher(self._score_batch, settings, metrics.batch_texts.observe,
+                                    _torch_threads(settings.torch_threads))
 
     def start(self) -> None:
         self.batcher.start()
