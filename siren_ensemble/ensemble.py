@@ -235,6 +235,13 @@ class Ensemble:
         """Judge the last user turn and its answer (when there is one) in the context of the turns before."""
         return self.score_batch([self.conversation_input(messages, window)], threshold=threshold)[0]
 
+    def unscorable(self, reasons: Sequence[str], threshold: float | None = None) -> list[EnsembleResult]:
+        """Results for inputs that hold no text to score (a malformed row of a corpus), one per reason: each
+        failed at every member with its reason and decided by the failure policy, as a text rejected by
+        cleaning is (flagged under ``fail_closed``; the ``raise`` policy raises)."""
+        threshold = self._resolve_threshold(threshold)
+        return self._combine(self._unscored(list(reasons)), threshold) if reasons else []
+
     def unjudged_categories(self) -> CategoryVerdict | None:
         """What a result answered without scoring (the service's failure policy) says about categories."""
         if self.category_combination is None:
@@ -312,14 +319,19 @@ class Ensemble:
         """The cleaned texts, empty member scores (a text that failed cleaning recorded as failed for every
         member), and the rows left to score."""
         cleaned, rejected = _clean_each(texts)
-        state = _MemberScores(np.full((len(texts), len(self.plans)), np.nan), np.zeros(len(texts), dtype=bool),
-                              [{} for _ in texts], rejected,
-                              self.category_combination.empty(len(texts)) if self.category_combination else None)
+        state = self._unscored(rejected)
         state.conversations = {row: text for row, text in enumerate(texts) if isinstance(text, Conversation)}
+        return cleaned, state, [row for row, text in enumerate(cleaned) if text is not None]
+
+    def _unscored(self, rejected: list[str | None]) -> _MemberScores:
+        """Member scores before any pass: a row with a reason is recorded as failed for every member."""
+        state = _MemberScores(np.full((len(rejected), len(self.plans)), np.nan), np.zeros(len(rejected), dtype=bool),
+                              [{} for _ in rejected], rejected,
+                              self.category_combination.empty(len(rejected)) if self.category_combination else None)
         for row, reason in enumerate(rejected):
             if reason is not None:
                 _record_failure(state.errors, [row], self.member_names, reason)
-        return cleaned, state, [row for row, text in enumerate(cleaned) if text is not None]
+        return state
 
     def _undecided(self, stage: int, live: list[int], state: _MemberScores) -> list[int]:
         """The ``live`` rows the one decision path leaves undecided after the stages before ``stage``."""

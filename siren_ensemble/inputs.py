@@ -92,10 +92,11 @@ def _decode_lines(stream: BinaryIO, name: str) -> tuple[list[tuple[int, str]], l
 
 def parse_text_object(line: str) -> tuple[dict, bool]:
     """A JSONL line holding ``text``, or ``prompt`` and/or ``response`` (strings); says whether it is a pair."""
-    return _text_fields(_json_object(line))
+    return _text_fields(json_object(line))
 
 
-def _json_object(line: str) -> dict:
+def json_object(line: str) -> dict:
+    """A JSONL line's object; an InputError when it is not JSON or not an object."""
     try:
         item = json.loads(line)
     except json.JSONDecodeError as error:
@@ -117,19 +118,24 @@ def _text_fields(item: dict) -> tuple[dict, bool]:
 
 
 def _parse_jsonl_line(line: str, number: int, require_label: bool) -> InputRecord:
-    item = _json_object(line)
+    return record_of(json_object(line), number, require_label)
+
+
+def record_of(item: dict, line: int | None = None, require_label: bool = False) -> InputRecord:
+    """The record a JSONL line's object holds (``text``, ``prompt``/``response`` or ``messages``, ``id``, ``label``);
+    a corpus row on Ray is read by the same rules."""
     label = parse_label(item.get("label")) if require_label else None
     if "messages" in item:
         if {"text", "prompt", "response"} & set(item):
             raise InputError("give either `messages` or `text`/`prompt`/`response`, not both")
         conversation = Conversation.parse(item["messages"])
-        return InputRecord(text=conversation.last_turns_text(), line=number, id=item.get("id"), label=label,
+        return InputRecord(text=conversation.last_turns_text(), line=line, id=item.get("id"), label=label,
                            conversation=conversation)
     if not {"text", "prompt", "response"} & set(item):
         raise InputError("needs `text`, `prompt`/`response`, or `messages`")
     item, is_pair = _text_fields(item)
     text = join_prompt_response(item.get("prompt"), item.get("response")) if is_pair else item["text"]
-    return InputRecord(text=text, line=number, id=item.get("id"), label=label)
+    return InputRecord(text=text, line=line, id=item.get("id"), label=label)
 
 
 def parse_label(value: Any) -> int:
