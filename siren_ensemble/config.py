@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from . import files, plugins
 from .errors import ConfigError
@@ -94,6 +94,47 @@ class ConversationConfig(_Strict):
     template: Literal["auto", "plain"] = "auto"
 
 
+def _check_workers(value: int | tuple[int, int]) -> int | tuple[int, int]:
+    low, high = (value, value) if isinstance(value, int) else value
+    if low < 1 or high < low:
+        raise ValueError(f"expected a number of at least 1, or [min, max] with 1 <= min <= max; got {value!r}")
+    return value
+
+
+#: A fixed number of Ray workers, or [min, max]: a pool Ray grows and shrinks with the load.
+Workers = Annotated[int | tuple[int, int], AfterValidator(_check_workers)]
+
+
+class RayDataConfig(_Strict):
+    """``score --engine ray``: the actors that score a corpus, each loading the ensemble once."""
+
+    concurrency: Workers = 1
+    #: Rows per call of an actor; the ensemble splits them into forward passes by ``batching``.
+    batch_size: int = Field(64, ge=1)
+    #: Resources Ray reserves per actor (torch uses num_cpus threads).
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
+class RayServeConfig(_Strict):
+    """``serve --engine ray``: the replicas of the Ray Serve deployment."""
+
+    replicas: Workers = 1
+    #: With [min, max] replicas: requests in flight per replica that Ray Serve's autoscaler aims for.
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    #: Requests a replica takes at once; more wait in Ray Serve's queue. At least the batch size to fill batches.
+    max_ongoing_requests: int = Field(64, ge=1)
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
+class RayConfig(_Strict):
+    """Scale-out on Ray (the ``ray`` extra); command-line flags override these."""
+
+    data: RayDataConfig = RayDataConfig()
+    serve: RayServeConfig = RayServeConfig()
+
+
 class EnsembleConfig(_Strict):
     members: list[MemberConfig] = Field(min_length=1)
     combiner: CombinerConfig = CombinerConfig()
@@ -107,6 +148,7 @@ class EnsembleConfig(_Strict):
     #: Harm category -> threshold on its ensemble score (``calibrate --per-category``); unlisted ones use 0.5.
     category_thresholds: dict[str, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] = {}
     conversation: ConversationConfig = ConversationConfig()
+    ray: RayConfig = RayConfig()
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="config")
