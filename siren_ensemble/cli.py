@@ -37,6 +37,66 @@ config_option = click.option(
 )
 
 
+class _Workers(click.ParamType):
+    """``N`` Ray workers, or ``MIN-MAX`` for a pool Ray grows and shrinks."""
+
+    name = "N|MIN-MAX"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        low, _, high = value.partition("-")
+        try:
+            workers = int(low) if not high else (int(low), int(high))
+        except ValueError:
+            self.fail(f"expected a number (2) or a range (1-4), got {value!r}", param, ctx)
+        if min(workers if isinstance(workers, tuple) else (workers,)) < 1 or (isinstance(workers, tuple) and workers[1] < workers[0]):
+            self.fail(f"expected at least 1, and MIN <= MAX, got {value!r}", param, ctx)
+        return workers
+
+
+engine_option = click.option(
+    "--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+    help="ray: run on Ray (pip install 'siren-ensemble[ray]'), on a local instance or the cluster at --address.",
+)
+address_option = click.option("--address", help="--engine ray: the cluster (ray://host:10001, host:6379 or auto); default: a local instance.")
+num_cpus_option = click.option("--num-cpus", type=click.FloatRange(0, min_open=True), help="--engine ray: CPUs per worker (default: the config's ray section, 1).")
+num_gpus_option = click.option("--num-gpus", type=click.FloatRange(0), help="--engine ray: GPUs per worker (default: the config's ray section, 0).")
+
+
+def _given(ctx: click.Context, names: list[str]) -> list[str]:
+    """The options among ``names`` (parameter names) given on the command line, as flags."""
+    return [f"--{name.replace('_', '-')}" for name in names if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+
+
+def _refuse(ctx: click.Context, names: list[str], reason: str) -> None:
+    given = _given(ctx, names)
+    if given:
+        raise SirenError(f"{', '.join(given)}: {reason}")
+
+
+def _ray_modules(what: str):
+    """The ``siren_ensemble.ray`` package, or a one-line error naming the extra."""
+    try:
+        import siren_ensemble.ray.cluster  # noqa: F401  (ray itself, and the modules that import it)
+    except ImportError as error:
+        raise SirenError(f"{what} needs the `ray` extra: pip install 'siren-ensemble[ray]' ({error})") from None
+    import siren_ensemble.ray as ray_package
+
+    return ray_package
+
+
+def _with_flags(section, **flags):
+    """A config's ray section with the flags given on the command line in place of its values."""
+    return type(section).model_validate(section.model_dump() | {name: value for name, value in flags.items() if value is not None})
+
+
+_RAY_SCORE_OPTIONS = ["output_path", "output_file_format", "address", "concurrency", "batch_size", "num_cpus", "num_gpus"]
+_RAY_SERVE_OPTIONS = ["address", "replicas", "num_cpus", "num_gpus"]
+#: Guards of uvicorn's protocol in one process; on Ray, Serve's proxy holds the connections.
+_LOCAL_SERVER_OPTIONS = ["header_timeout", "body_timeout", "max_connections"]
+
+
 @cli.command()
 @config_option
 @click.argument("texts", nargs=-1)
@@ -50,8 +110,31 @@ config_option = click.option(
 @click.option("--verbose", "-v", is_flag=True, help="Report on stderr each member's dtype (and why) once the models are loaded.")
 @click.option("--window", type=click.IntRange(0), help="Chat `messages`: turns before the judged ones read as context "
               "(default: the config's conversation.window).")
-def score(config_path, texts, input_path, prompt, response, threshold, output_format, fail_on_harmful, verbose, window):
-    """Score TEXTS, an --input file, or one --prompt/--response pair."""
+@engine_option
+@click.option("--output", "output_path", help="--engine ray: the directory to write the scores into (any path Ray reads: s3://...).")
+@click.option("--output-format", "output_file_format", type=click.Choice(["parquet", "jsonl"]),
+              help="--engine ray: default from --output's name (.jsonl, .parquet), else parquet.")
+@address_option
+@click.option("--concurrency", type=_Workers(), help="--engine ray: actors, each loading the ensemble once: N, or MIN-MAX to autoscale (default: the config's ray.data, 1).")
+@click.option("--batch-size", type=click.IntRange(1), help="--engine ray: rows per call of an actor (default: the config's ray.data, 64).")
+@num_cpus_option
+@num_gpus_option
+@click.pass_context
+def score(ctx, config_path, texts, input_path, prompt, response, threshold, output_format, fail_on_harmful, verbose, window,
+          engine, output_path, output_file_format, address, concurrency, batch_size, num_cpus, num_gpus):
+    """Score TEXTS, an --input file, or one --prompt/--response pair.
+
+    With --engine ray, score a corpus: --input is JSONL or Parquet (a file, a directory, or a URI such as
+    s3://bucket/corpus/), and the scores go to --output with each row's `id`; a summary is printed at the end."""
+    if engine == "ray":
+        _refuse(ctx, ["output_format", "verbose"], "not with --engine ray (it writes --output; the summary says how it went)")
+        if texts or prompt is not None or response is not None or input_path in (None, "-") or output_path is None:
+            raise SirenError("--engine ray scores a corpus: give --input DATA (JSONL or Parquet: a file, a directory or a URI) "
+                             "and --output DIR")
+        _score_on_ray(config_path, input_path, output_path, output_file_format, threshold, window, fail_on_harmful, address,
+                      dict(concurrency=concurrency, batch_size=batch_size, num_cpus=num_cpus, num_gpus=num_gpus))
+        return
+    _refuse(ctx, _RAY_SCORE_OPTIONS, "only with --engine ray")
     from .ensemble import Ensemble
     from .inputs import InputRecord, read_inputs
     from .text import join_prompt_response
@@ -80,6 +163,23 @@ def score(config_path, texts, input_path, prompt, response, threshold, output_fo
         for row in rows:
             click.echo(json.dumps(row, ensure_ascii=False, allow_nan=False))  # strict JSON: the decision path never yields NaN
     if fail_on_harmful and any(result.is_harmful for result in results):
+        sys.exit(EXIT_HARMFUL)
+
+
+def _score_on_ray(config_path, input_path, output_path, output_format, threshold, window, fail_on_harmful, address,
+                  flags) -> None:
+    from .config import load_config
+
+    ray_package = _ray_modules("score --engine ray")
+    from siren_ensemble.ray.corpus import CorpusJob, score_corpus
+
+    config = load_config(config_path)
+    options = _with_flags(config.ray.data, **flags)
+    with ray_package.cluster.ray_session(address):
+        summary = score_corpus(config, CorpusJob(input_path, output_path, output_format, threshold, window), options)
+    for line in summary.lines():
+        click.echo(line)
+    if fail_on_harmful and summary.flagged:
         sys.exit(EXIT_HARMFUL)
 
 
@@ -557,10 +657,22 @@ def data_sources():
               help="Texts per micro-batch; 1 turns micro-batching off.")
 @click.option("--torch-threads", type=click.IntRange(1), help="torch threads for the model (default: torch's choice, one per core).")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(config_path, host, port, api_key, max_body_bytes, max_inputs, max_chars, max_streams, stream_idle_timeout,
+@engine_option
+@address_option
+@click.option("--replicas", type=_Workers(), help="--engine ray: replicas, N, or MIN-MAX for Ray Serve to autoscale (default: the config's ray.serve, 1).")
+@num_cpus_option
+@num_gpus_option
+@click.pass_context
+def serve(ctx, config_path, host, port, api_key, max_body_bytes, max_inputs, max_chars, max_streams, stream_idle_timeout,
           request_timeout, header_timeout, body_timeout, max_connections, batch_wait_ms, batch_max_texts, torch_threads,
-          log_level):
-    """Run the HTTP service: OpenAI-compatible /v1/moderations, /v1/score, /v1/rank, /v1/stream (WebSocket), /metrics."""
+          log_level, engine, address, replicas, num_cpus, num_gpus):
+    """Run the HTTP service: OpenAI-compatible /v1/moderations, /v1/score, /v1/rank, /v1/stream (WebSocket), /metrics.
+
+    With --engine ray, the same app runs as a Ray Serve deployment of --replicas replicas, batched by Serve."""
+    if engine == "ray":
+        _refuse(ctx, _LOCAL_SERVER_OPTIONS, "not with --engine ray: Ray Serve's proxy holds the connections")
+    else:
+        _refuse(ctx, _RAY_SERVE_OPTIONS, "only with --engine ray")
     try:
         from .serve.app import create_app
         from .serve.server import build_server
@@ -578,6 +690,13 @@ def serve(config_path, host, port, api_key, max_body_bytes, max_inputs, max_char
         batch_wait_ms=batch_wait_ms, batch_max_texts=batch_max_texts, torch_threads=torch_threads,
     )
     config = load_config(config_path)
+    if engine == "ray":
+        _ray_modules("serve --engine ray")
+        from siren_ensemble.ray.serving import run_service
+
+        options = _with_flags(config.ray.serve, replicas=replicas, num_cpus=num_cpus, num_gpus=num_gpus)
+        run_service(config, settings, options, address, announce=lambda line: click.echo(line, err=True))
+        return
     # A bad config stops here, before the port opens; weights load in the background.
     DecisionPath.from_config(config, validate_plan(config)[0])
     build_server(create_app(lambda: Ensemble.from_config(config), settings), settings, log_level=log_level).run()
