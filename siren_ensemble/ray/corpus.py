@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import dataclass
+from typing import Any, Iterator
 
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray.data
 
 from ..config import EnsembleConfig, RayDataConfig
 from .cluster import siren_error_in
 from .dataset import score_dataset
 from .jsonl import ScoreInputDatasource, ScoreLinesDatasink
-from .paths import Format, check_output_free, format_of_name, input_format
+from .paths import Format, check_output_free, filesystem_of, format_of_name, input_format
 from .rows import ID_COLUMN, check_input_schema
 from .summary import CorpusSummary, summarise
 
@@ -24,13 +28,15 @@ class CorpusJob:
     #: None: from the output's name (``.jsonl`` or ``.parquet``), else Parquet.
     output_format: Format | None = None
     threshold: float | None = None
+    #: Chat ``messages``: turns of context before the judged ones (default: the config's).
+    window: int | None = None
 
 
 def score_corpus(config: EnsembleConfig, job: CorpusJob, options: RayDataConfig) -> CorpusSummary:
     """Run ``job`` on the connected Ray cluster (``cluster.ray_session``)."""
     output_format = job.output_format or format_of_name(job.output.rstrip("/")) or "parquet"
     check_output_free(job.output)
-    scored = score_dataset(read_corpus(job.input), config, options, job.threshold)
+    scored = score_dataset(read_corpus(job.input), config, options, job.threshold, job.window)
     start = time.perf_counter()
     try:
         write_scores(scored, job.output, output_format)
@@ -44,7 +50,8 @@ def score_corpus(config: EnsembleConfig, job: CorpusJob, options: RayDataConfig)
 
 
 def read_corpus(location: str) -> ray.data.Dataset:
-    """JSONL (each line as ``score --input`` reads it) or Parquet (``text`` or ``prompt``/``response``, ``id``)."""
+    """JSONL (each line as ``score --input`` reads it) or Parquet (columns ``text``, ``prompt``/``response`` or
+    ``messages``, and ``id``)."""
     if input_format(location) == "jsonl":
         return ray.data.read_datasource(ScoreInputDatasource(location))
     ds = ray.data.read_parquet(location)
@@ -59,18 +66,20 @@ def write_scores(ds: ray.data.Dataset, location: str, output_format: Format) -> 
         ds.write_parquet(location)
 
 
-def written_rows(location: str, output_format: Format):
-    """``(id, is_harmful, errors)`` of each row written, read back from ``location``."""
-    if output_format == "jsonl":
-        for batch in ray.data.read_text(location).iter_batches(batch_format="pyarrow"):
-            for line in batch.column("text").to_pylist():
-                row = json.loads(line)
-                yield row.get(ID_COLUMN), row["is_harmful"], row.get("errors")
-        return
-    ds = ray.data.read_parquet(location)
-    columns = [name for name in (ID_COLUMN, "is_harmful", "errors") if name in ds.schema().names]
-    for batch in ds.select_columns(columns).iter_batches(batch_format="pyarrow"):
-        ids = batch.column(ID_COLUMN).to_pylist() if ID_COLUMN in columns else [None] * batch.num_rows
-        for row_id, is_harmful, errors in zip(ids, batch.column("is_harmful").to_pylist(), batch.column("errors").to_pylist()):
+def written_rows(location: str, output_format: Format) -> Iterator[tuple[Any, bool, dict[str, str] | None]]:
+    """``(id, is_harmful, errors)`` of each row written, read back from ``location`` here, on the driver: the
+    score files are small (no texts), and reading them is what proves each row was written once."""
+    filesystem, path = filesystem_of(location)
+    names = sorted(entry.path for entry in filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+                   if entry.type == pafs.FileType.File and format_of_name(entry.base_name) == output_format)
+    for name in names:
+        if output_format == "jsonl":
+            with filesystem.open_input_stream(name) as stream:
+                for line in io.TextIOWrapper(io.BufferedReader(stream), encoding="utf-8"):
+                    row = json.loads(line)
+                    yield row.get(ID_COLUMN), row["is_harmful"], row.get("errors")
+            continue
+        table = pq.read_table(name, filesystem=filesystem)
+        ids = table.column(ID_COLUMN).to_pylist() if ID_COLUMN in table.column_names else [None] * table.num_rows
+        for row_id, is_harmful, errors in zip(ids, table.column("is_harmful").to_pylist(), table.column("errors").to_pylist()):
             yield row_id, is_harmful, dict(errors) if errors else None
-

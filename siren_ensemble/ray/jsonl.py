@@ -1,8 +1,8 @@
 """JSON lines on Ray Data, read and written as ``siren-ensemble score`` reads and prints them.
 
-The reader parses each line with the local reader's rules (``inputs.parse_text_object``); a line that holds
-no text to score becomes a row with the reason (file and line) instead of stopping the corpus. The writer
-prints each output row as ``score`` prints it (``rows.score_line``).
+The reader keeps each line with its file and line number; a line that is not a JSON object (or not UTF-8, or
+too long) becomes a row with the reason instead of stopping the corpus. The line is read by the local rules
+where it is scored (``rows.row_records``). The writer prints each output row as ``score`` prints it.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from ray.data.datasource import BlockBasedFileDatasink, FileBasedDatasource
 
 from .. import files
 from ..errors import InputError
-from ..inputs import parse_text_object, text_of
+from ..inputs import json_object
 from ..text import check_encodable
-from .rows import ID_COLUMN, INPUT_ERROR_COLUMN, INPUT_REJECTED, score_line
+from .rows import ID_COLUMN, INPUT_ERROR_COLUMN, LINE_COLUMN, WHERE_COLUMN, score_line
 
 JSONL_EXTENSIONS = ["jsonl", "json", "jsonl.gz", "json.gz"]
 #: Lines per block read: blocks stream on to the scorers while a large file is still being read.
@@ -27,7 +27,8 @@ LINES_PER_BLOCK = 4096
 
 
 class ScoreInputDatasource(FileBasedDatasource):
-    """Rows ``id``, ``text`` and ``_input_error`` (the reason a line holds no text, else null)."""
+    """Rows ``id``, ``_line`` (the line, read again where it is scored), ``_where`` (file and line) and
+    ``_input_error`` (why a line holds no JSON object, else null)."""
 
     def __init__(self, paths: str | list[str], **file_based_datasource_kwargs):
         super().__init__(paths, file_extensions=JSONL_EXTENSIONS, **file_based_datasource_kwargs)
@@ -58,69 +59,49 @@ def _lines(stream: io.BufferedReader) -> Iterator[bytes | None]:
 class _Block:
     def __init__(self, path: str):
         self.path = path
-        self.ids: list[Any] = []
-        self.texts: list[str | None] = []
-        self.problems: list[str | None] = []
+        self.columns: dict[str, list[Any]] = {ID_COLUMN: [], LINE_COLUMN: [], WHERE_COLUMN: [], INPUT_ERROR_COLUMN: []}
         self.first_line_of_id_type: dict[type, int] = {}
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.columns[ID_COLUMN])
 
     def add(self, number: int, raw: bytes | None) -> None:
-        where = f"{self.path} line {number}"
         line = raw.removesuffix(b"\n").rstrip(b"\r") if raw is not None else None
         if line is None or len(line) > files.MAX_INPUT_LINE_BYTES:
-            return self._reject(where, f"over the limit of {files.MAX_INPUT_LINE_BYTES:,} bytes for one line")
+            return self._add(number, problem=f"over the limit of {files.MAX_INPUT_LINE_BYTES:,} bytes for one line")
         if not line.strip():
-            return
+            return None
         try:
             decoded = line.decode("utf-8")
         except UnicodeDecodeError as error:
-            return self._reject(where, f"invalid UTF-8 at byte {error.start} of the line")
+            return self._add(number, problem=f"invalid UTF-8 at byte {error.start} of the line")
         try:
-            item, _is_pair = parse_text_object(decoded)
+            item = json_object(decoded)
         except InputError as error:
-            item = _object_or_none(decoded)
-            return self._reject(where, str(error), item.get(ID_COLUMN) if item else None, number)
-        text = text_of(item)
-        try:
-            check_encodable(text)  # Arrow holds UTF-8 only: a lone surrogate is reported here, as cleaning reports it
-        except ValueError as error:
-            return self._reject(where, str(error), item.get(ID_COLUMN), number, kind="text rejected")
-        self._add(item.get(ID_COLUMN), text, None, number)
-
-    def _reject(self, where: str, reason: str, row_id: Any = None, number: int = 0, kind: str = INPUT_REJECTED) -> None:
-        self._add(row_id, None, f"{kind}: {where}: {reason}", number)
-
-    def _add(self, row_id: Any, text: str | None, problem: str | None, number: int) -> None:
+            return self._add(number, problem=str(error))
+        row_id = item.get(ID_COLUMN)
         if isinstance(row_id, str):
             try:
-                check_encodable(row_id)
+                check_encodable(row_id)  # Arrow holds UTF-8 only
             except ValueError as error:
-                row_id, text, problem = None, None, f"{INPUT_REJECTED}: {self.path} line {number}: `id`: {error}"
+                return self._add(number, problem=f"`id`: {error}")
+        self._add(number, row_id, decoded)
+
+    def _add(self, number: int, row_id: Any = None, line: str | None = None, problem: str | None = None) -> None:
         if row_id is not None:
             self.first_line_of_id_type.setdefault(type(row_id), number)
-        self.ids.append(row_id)
-        self.texts.append(text)
-        self.problems.append(problem)
+        for name, value in ((ID_COLUMN, row_id), (LINE_COLUMN, line), (WHERE_COLUMN, f"{self.path} line {number}"),
+                            (INPUT_ERROR_COLUMN, problem)):
+            self.columns[name].append(value)
 
     def table(self) -> pa.Table:
         try:
-            ids = pa.array(self.ids)
+            ids = pa.array(self.columns[ID_COLUMN])
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             kinds = ", ".join(f"{kind.__name__} (first on line {line})" for kind, line in self.first_line_of_id_type.items())
             raise InputError(f"{self.path}: `id` holds values of more than one type: {kinds}; give every row's `id` one type") from None
-        return pa.table({ID_COLUMN: ids, "text": pa.array(self.texts, pa.string()),
-                         INPUT_ERROR_COLUMN: pa.array(self.problems, pa.string())})
-
-
-def _object_or_none(line: str) -> dict | None:
-    """The line's JSON object, to keep the id of a line that has one but no valid text."""
-    try:
-        item = json.loads(line)
-    except ValueError:
-        return None
-    return item if isinstance(item, dict) else None
+        return pa.table({ID_COLUMN: ids, **{name: pa.array(values, pa.string()) for name, values in self.columns.items()
+                                            if name != ID_COLUMN}})
 
 
 class ScoreLinesDatasink(BlockBasedFileDatasink):
@@ -130,6 +111,7 @@ class ScoreLinesDatasink(BlockBasedFileDatasink):
         super().__init__(path, file_format="jsonl", **file_datasink_kwargs)
 
     def write_block_to_file(self, block: BlockAccessor, file: "pa.NativeFile") -> None:
-        lines = [json.dumps(score_line(row), ensure_ascii=False, allow_nan=False) + "\n"
-                 for row in block.to_arrow().to_pylist()]
+        table = block.to_arrow()
+        lines = [json.dumps(score_line(row, table.schema), ensure_ascii=False, allow_nan=False) + "\n"
+                 for row in table.to_pylist()]
         file.write("".join(lines).encode("utf-8"))
