@@ -65,8 +65,9 @@ num_gpus_option = click.option("--num-gpus", type=click.FloatRange(0), help="--e
 
 
 def _given(ctx: click.Context, names: list[str]) -> list[str]:
-    """The options among ``names`` (parameter names) given on the command line, as flags."""
-    return [f"--{name.replace('_', '-')}" for name in names if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+    """The options among ``names`` (parameter names) given on the command line, as their flags."""
+    flags = {param.name: param.opts[0] for param in ctx.command.params}
+    return [flags[name] for name in names if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
 
 
 def _refuse(ctx: click.Context, names: list[str], reason: str) -> None:
