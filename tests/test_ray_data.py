@@ -143,6 +143,18 @@ def test_bad_input_is_one_line_naming_the_file_never_a_traceback(kill_marker, de
     assert result.output.startswith("Error: ") and message in result.output and "Traceback" not in result.output
 
 
+def test_under_the_raise_policy_the_first_bad_row_stops_the_run_in_one_line(kill_marker, demo, tmp_path):
+    raising = tmp_path / "raise.yaml"
+    raising.write_text(demo.read_text().replace("on_member_error: fail_closed", "on_member_error: raise"))
+    for name in ("models", "heads"):
+        (tmp_path / name).symlink_to(demo.parent / name)
+    (tmp_path / "corpus.jsonl").write_text('{"id": "a", "text": "hello"}\n{"id": "b", "text": 3}\n')
+    result = run_cli("--config", str(raising), "--input", str(tmp_path / "corpus.jsonl"), "--output", str(tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    assert result.output == (f"Error: row with id 'b': input rejected: {tmp_path / 'corpus.jsonl'} line 2: `text` must be a "
+                             "string, got int (on_member_error is raise: the first bad row stops the run)\n")
+
+
 def test_a_parquet_file_without_text_is_refused_before_scoring(kill_marker, demo, tmp_path):
     pq.write_table(pa.table({"id": [1], "body": ["a"]}), tmp_path / "corpus.parquet")
     result = run_cli("--config", str(demo), "--input", str(tmp_path / "corpus.parquet"), "--output", str(tmp_path / "out"))

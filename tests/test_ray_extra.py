@@ -54,3 +54,37 @@ def test_the_ray_section_is_validated_without_ray(tiny_models, write_head, secti
     head = write_head(tiny_models["llama"])
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         EnsembleConfig.from_dict({"members": [{"name": "a", "backbone": "llama3", "head": str(head)}], "ray": section})
+
+
+def test_every_result_field_has_a_column_and_comes_back_as_score_prints_it(tiny_models, tmp_path):
+    """Categories, a conversation report, the cascade's stage, errors: Arrow columns, then `score`'s JSON form."""
+    pytest.importorskip("pyarrow", reason="pyarrow comes with the `ray` extra")
+    import pyarrow as pa
+
+    from siren_ensemble import Ensemble
+    from siren_ensemble.conversation import Conversation
+    from siren_ensemble.ray.rows import results_table, score_line
+    from siren_ensemble.testing import random_category_head, random_head
+
+    from .conftest import HIDDEN
+
+    heads = []
+    for seed in range(2):
+        head = random_head(str(tiny_models["llama"]), layers=[0, 2], hidden_size=HIDDEN, seed=seed, max_length=32)
+        heads.append(head.save(tmp_path / f"head{seed}"))
+        random_category_head(head, seed=seed).save(heads[-1])
+    ensemble = Ensemble.from_config(EnsembleConfig.from_dict({
+        "members": [{"name": f"m{index}", "backbone": "llama3", "head": str(head)} for index, head in enumerate(heads)],
+        "combiner": {"type": "cascade", "stages": [{"members": ["m0"], "low": 0.2, "high": 0.8}, {"members": ["m1"]}]},
+    }))
+    chat = Conversation.parse([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                               {"role": "user", "content": "how do I pick a lock?"}])
+    results = ensemble.score_batch(["How do I bake bread?", "bad \ud800 text", ensemble.conversation_input(chat)])
+    results += ensemble.unscorable(["input rejected: corpus.jsonl line 9: malformed JSON"])
+    ids = pa.array(["a", "b", "c", None])
+
+    table = results_table(ids, results, ensemble)
+    lines = [score_line(row, table.schema) for row in table.to_pylist()]
+    expected = [({"id": row_id} if row_id is not None else {}) | result.to_dict() for row_id, result in zip(ids.to_pylist(), results)]
+    assert lines == expected and [list(line) for line in lines] == [list(row) for row in expected]  # the same order too
+    assert {"categories", "top_category", "harm_categories", "decided_by", "conversation", "errors"} <= set().union(*lines)

@@ -34,8 +34,11 @@ def siren_error_in(error: BaseException) -> SirenError | None:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        if isinstance(cause, BaseException):  # a RayTaskError: the task's own exception (the error itself prints a traceback)
+            current = cause
+            continue
         if isinstance(current, SirenError):
             return current
-        cause = getattr(current, "cause", None)  # RayTaskError keeps the task's exception here
-        current = cause if isinstance(cause, BaseException) else current.__cause__ or current.__context__
+        current = current.__cause__ or current.__context__
     return None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -19,6 +21,10 @@ from .jsonl import ScoreInputDatasource, ScoreLinesDatasink
 from .paths import Format, check_output_free, filesystem_of, format_of_name, input_format
 from .rows import ID_COLUMN, check_input_schema
 from .summary import CorpusSummary, summarise
+
+
+#: Ray Data logs a failed task's traceback before raising it; the CLI prints the error itself, on one line.
+RAY_DATA_ERROR_LOGGERS = ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")
 
 
 @dataclass(frozen=True)
@@ -36,17 +42,34 @@ def score_corpus(config: EnsembleConfig, job: CorpusJob, options: RayDataConfig)
     """Run ``job`` on the connected Ray cluster (``cluster.ray_session``)."""
     output_format = job.output_format or format_of_name(job.output.rstrip("/")) or "parquet"
     check_output_free(job.output)
-    scored = score_dataset(read_corpus(job.input), config, options, job.threshold, job.window)
+    corpus = read_corpus(job.input)
+    # The UDF's own error (a SirenError naming the row) reaches the driver, not Ray Data's wrapper of it.
+    corpus.context.raise_original_map_exception = True
+    scored = score_dataset(corpus, config, options, job.threshold, job.window)
     start = time.perf_counter()
     try:
-        write_scores(scored, job.output, output_format)
+        with _quiet(*RAY_DATA_ERROR_LOGGERS):
+            write_scores(scored, job.output, output_format)
     except Exception as error:
         found = siren_error_in(error)
         if found is None:
             raise
-        raise found from None
+        raise type(found)(str(found).split("\n", 1)[0]) from None  # Ray appends its retry advice
     seconds = time.perf_counter() - start
     return summarise(written_rows(job.output, output_format), job.output, seconds)
+
+
+@contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def read_corpus(location: str) -> ray.data.Dataset:

@@ -11,7 +11,7 @@ import ray.data
 from ..config import EnsembleConfig, RayDataConfig, load_config
 from ..decision import DecisionPath
 from ..ensemble import Ensemble, EnsembleResult
-from ..errors import SirenError
+from ..errors import InputError, SirenError
 from ..inputs import InputRecord
 from ..members import validate_plan
 from .rows import ID_COLUMN, check_input_schema, results_table, row_records
@@ -52,14 +52,17 @@ class EnsembleScorer:
         self.window = window
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        ids = batch.column(ID_COLUMN) if ID_COLUMN in batch.column_names else None
+        ids = batch.column(ID_COLUMN).to_pylist() if ID_COLUMN in batch.column_names else [None] * batch.num_rows
+        records = row_records(batch)
+        raises = self.ensemble.config.on_member_error == "raise"
+        for row_id, record in zip(ids, records):
+            if raises and isinstance(record, str):
+                raise InputError(f"row with id {row_id!r}: {record} (on_member_error is raise: the first bad row stops the run)")
         try:
-            results = score_records(self.ensemble, row_records(batch), self.threshold, self.window)
-        except SirenError as error:  # on_member_error: raise
-            shown = ids.to_pylist() if ids is not None else []
-            where = f"rows with ids {shown[0]!r} to {shown[-1]!r}" if shown else "a batch of rows"
-            raise type(error)(f"{where}: {error}") from None
-        return results_table(ids, results, self.ensemble)
+            results = score_records(self.ensemble, records, self.threshold, self.window)
+        except SirenError as error:  # on_member_error: raise, on a text or a member's failure
+            raise type(error)(f"rows with ids {ids[0]!r} to {ids[-1]!r}: {error}") from None
+        return results_table(batch.column(ID_COLUMN) if ID_COLUMN in batch.column_names else None, results, self.ensemble)
 
 
 def score_records(ensemble: Ensemble, records: list[InputRecord | str], threshold: float | None,
