@@ -110,7 +110,7 @@ def test_jsonl_to_parquet_same_scores_as_one_process_in_order_with_bad_rows_and_
     assert "id 'no-text': input rejected:" in summary and "line 7: malformed JSON" in summary
 
 
-def test_a_parquet_directory_to_jsonl_on_two_actors_prints_what_score_prints(kill_marker, demo, local, tmp_path):
+def test_a_parquet_directory_to_jsonl_on_two_actors_taking_every_cpu_prints_what_score_prints(kill_marker, demo, local, tmp_path):
     lines = [line for line in GOOD_LINES if '"messages"' not in line and "surrogate" not in line]  # Arrow holds UTF-8 only
     rows = [json.loads(line) for line in lines]
     (tmp_path / "corpus").mkdir()
@@ -118,7 +118,7 @@ def test_a_parquet_directory_to_jsonl_on_two_actors_prints_what_score_prints(kil
         columns = {name: [row.get(name) for row in rows[start:start + 14]] for name in ("id", "text", "prompt", "response")}
         pq.write_table(pa.table(columns), tmp_path / "corpus" / f"part-{part}.parquet")
     result = run_cli("--config", str(demo), "--input", str(tmp_path / "corpus"), "--output", str(tmp_path / "scores.jsonl"),
-                     "--concurrency", "2", "--num-cpus", "0.5", "--batch-size", "4")
+                     "--concurrency", "2", "--num-cpus", "1", "--batch-size", "4")  # the actors take every CPU
     assert result.exit_code == 0, result.output
 
     written = [json.loads(line) for path in sorted((tmp_path / "scores.jsonl").iterdir())

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray.data
 
@@ -18,10 +17,15 @@ from ..config import EnsembleConfig, RayDataConfig
 from .cluster import siren_error_in
 from .dataset import score_dataset
 from .jsonl import ScoreInputDatasource, ScoreLinesDatasink
-from .paths import Format, check_output_free, filesystem_of, format_of_name, input_format
+from .parquet import ScoreParquetDatasource
+from .paths import Format, check_output_free, data_files, format_of_name, input_format
 from .rows import ID_COLUMN, check_input_schema
 from .summary import CorpusSummary, summarise
 
+
+#: CPUs reserved by a read or write task: none, so that actors given every CPU (4 actors x 4 CPUs on 16 cores) leave
+#: Ray Data room to read and write; the I/O is light beside the scoring it feeds.
+IO_TASK_CPUS = 0
 
 #: Ray Data logs a failed task's traceback before raising it; the CLI prints the error itself, on one line.
 RAY_DATA_ERROR_LOGGERS = ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")
@@ -76,33 +80,35 @@ def read_corpus(location: str) -> ray.data.Dataset:
     """JSONL (each line as ``score --input`` reads it) or Parquet (columns ``text``, ``prompt``/``response`` or
     ``messages``, and ``id``)."""
     if input_format(location) == "jsonl":
-        return ray.data.read_datasource(ScoreInputDatasource(location))
-    ds = ray.data.read_parquet(location)
-    check_input_schema(ds.schema().names, ds.schema().types, location)
-    return ds
+        return ray.data.read_datasource(ScoreInputDatasource(location), num_cpus=IO_TASK_CPUS)
+    filesystem, paths = data_files(location)
+    schema = pq.read_schema(paths[0], filesystem=filesystem)
+    check_input_schema(schema.names, schema.types, paths[0])
+    return ray.data.read_datasource(ScoreParquetDatasource(location), num_cpus=IO_TASK_CPUS)
 
 
 def write_scores(ds: ray.data.Dataset, location: str, output_format: Format) -> None:
+    io_task = {"num_cpus": IO_TASK_CPUS}
     if output_format == "jsonl":
-        ds.write_datasink(ScoreLinesDatasink(location))
+        ds.write_datasink(ScoreLinesDatasink(location), ray_remote_args=io_task)
     else:
-        ds.write_parquet(location)
+        ds.write_parquet(location, ray_remote_args=io_task)
 
 
 def written_rows(location: str, output_format: Format) -> Iterator[tuple[Any, bool, dict[str, str] | None]]:
     """``(id, is_harmful, errors)`` of each row written, read back from ``location`` here, on the driver: the
     score files are small (no texts), and reading them is what proves each row was written once."""
-    filesystem, path = filesystem_of(location)
-    names = sorted(entry.path for entry in filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
-                   if entry.type == pafs.FileType.File and format_of_name(entry.base_name) == output_format)
-    for name in names:
+    filesystem, paths = data_files(location)
+    for path in paths:
+        if format_of_name(path) != output_format:
+            continue
         if output_format == "jsonl":
-            with filesystem.open_input_stream(name) as stream:
+            with filesystem.open_input_stream(path) as stream:
                 for line in io.TextIOWrapper(io.BufferedReader(stream), encoding="utf-8"):
                     row = json.loads(line)
                     yield row.get(ID_COLUMN), row["is_harmful"], row.get("errors")
             continue
-        table = pq.read_table(name, filesystem=filesystem)
+        table = pq.read_table(path, filesystem=filesystem)
         ids = table.column(ID_COLUMN).to_pylist() if ID_COLUMN in table.column_names else [None] * table.num_rows
         for row_id, is_harmful, errors in zip(ids, table.column("is_harmful").to_pylist(), table.column("errors").to_pylist()):
             yield row_id, is_harmful, dict(errors) if errors else None

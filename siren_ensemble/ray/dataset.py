@@ -25,7 +25,8 @@ def score_dataset(ds: ray.data.Dataset, config: EnsembleConfig | str | Path, opt
     by the failure policy with the reason under ``errors``; it never stops the others.
 
     ``options`` (default: the config's ``ray.data``) sizes the actor pool. Sets ``preserve_order`` on the
-    dataset's context, which the datasets read with it share.
+    dataset's context, which the datasets read with it share. Actors given every CPU leave none to the tasks
+    that read ``ds`` and write the result: read and write with ``num_cpus=0`` then, as the CLI does.
     """
     if not isinstance(config, EnsembleConfig):
         config = load_config(config)

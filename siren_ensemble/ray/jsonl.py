@@ -19,11 +19,9 @@ from .. import files
 from ..errors import InputError
 from ..inputs import json_object
 from ..text import check_encodable
-from .rows import ID_COLUMN, INPUT_ERROR_COLUMN, LINE_COLUMN, WHERE_COLUMN, score_line
+from .rows import ID_COLUMN, INPUT_ERROR_COLUMN, LINE_COLUMN, ROWS_PER_BLOCK, WHERE_COLUMN, score_line
 
 JSONL_EXTENSIONS = ["jsonl", "json", "jsonl.gz", "json.gz"]
-#: Lines per block read: blocks stream on to the scorers while a large file is still being read.
-LINES_PER_BLOCK = 4096
 
 
 class ScoreInputDatasource(FileBasedDatasource):
@@ -37,7 +35,7 @@ class ScoreInputDatasource(FileBasedDatasource):
         block = _Block(path)
         for number, raw in enumerate(_lines(io.BufferedReader(f)), start=1):
             block.add(number, raw)
-            if len(block) >= LINES_PER_BLOCK:
+            if len(block) >= ROWS_PER_BLOCK:
                 yield block.table()
                 block = _Block(path)
         if len(block):

@@ -30,20 +30,24 @@ def format_of_name(name: str) -> Format | None:
     return next((kind for suffix, kind in _SUFFIXES.items() if lowered.endswith(suffix)), None)
 
 
-def input_format(location: str) -> Format:
-    """JSONL or Parquet, from the file's name, or from the names of the files in a directory."""
+def data_files(location: str) -> tuple[pafs.FileSystem, list[str]]:
+    """The filesystem, and the file at ``location`` or the files under it (hidden and ``_`` files aside), sorted."""
     filesystem, path = filesystem_of(location)
     info = filesystem.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"{location}: not found")
     if info.type == pafs.FileType.File:
-        kind = format_of_name(path)
-        if kind is None:
-            raise InputError(f"{location}: not JSONL or Parquet (expected a name ending in {', '.join(_SUFFIXES)})")
-        return kind
-    names = [entry.base_name for entry in filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
-             if entry.type == pafs.FileType.File and not entry.base_name.startswith((".", "_"))]
-    kinds = {format_of_name(name) for name in names} - {None}
+        return filesystem, [path]
+    return filesystem, sorted(entry.path for entry in filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+                              if entry.type == pafs.FileType.File and not entry.base_name.startswith((".", "_")))
+
+
+def input_format(location: str) -> Format:
+    """JSONL or Parquet, from the file's name, or from the names of the files in a directory."""
+    _filesystem, paths = data_files(location)
+    kinds = {format_of_name(path) for path in paths} - {None}
+    if len(paths) == 1 and not kinds:
+        raise InputError(f"{location}: not JSONL or Parquet (expected a name ending in {', '.join(_SUFFIXES)})")
     if len(kinds) != 1:
         found = "no JSONL or Parquet files" if not kinds else "both JSONL and Parquet files"
         raise InputError(f"{location}: a directory with {found}; point --input at one kind")

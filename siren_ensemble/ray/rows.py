@@ -17,6 +17,8 @@ from ..errors import InputError
 from ..inputs import InputRecord, record_of
 
 ID_COLUMN = "id"
+#: Rows per block read: blocks stream on to the scorers while a large file is still being read.
+ROWS_PER_BLOCK = 4096
 INPUT_COLUMNS = ("text", "prompt", "response", "messages")
 #: Set by the JSONL reader: the line as read (parsed again where it is scored), where it is, and the reason a
 #: line holds no JSON object (else null).
