@@ -44,8 +44,11 @@ install-models: install
 
 # llm-siren (the reference runtime, for parity tests) is a test oracle only: installed without its
 # dependencies, never imported by the package. The model packages feed the real-backbone tier.
+# The `ray` extra runs the Ray tests (a local 2-CPU instance); pinned here to the version they ran on,
+# while the extra accepts later 2.x releases.
+RAY_TESTED := ray==2.60.0
 install-test: install-models
-	$(BIN)/pip install --quiet -e '.[serve,test]'
+	$(BIN)/pip install --quiet -e '.[serve,test,ray]' '$(RAY_TESTED)'
 	$(BIN)/pip install --quiet --no-deps $(TEST_EXTRAS) $(DATA_PACKAGES)
 
 install-data: install
