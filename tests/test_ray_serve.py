@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -140,3 +139,19 @@ def _batches(url: str) -> tuple[float, float]:
     lines = httpx.get(f"{url}/metrics", headers=AUTH).text.splitlines()
     return tuple(float(next(line for line in lines if line.startswith(f"siren_batch_texts_{part} ")).split()[1])
                  for part in ("count", "sum"))
+
+
+def test_a_websocket_stream_is_answered_chunk_by_chunk_as_in_one_process(ray_url, local_url):
+    from websockets.sync.client import connect
+
+    def stream(url: str) -> list[dict]:
+        with connect(url.replace("http://", "ws://") + "/v1/stream", open_timeout=30,
+                     additional_headers=AUTH) as socket_:
+            socket_.send(json.dumps({"prompt": "How do I bake bread?"}))
+            answers = []
+            for chunk in ("First, mix ", "flour and water, ", "then wait."):
+                socket_.send(json.dumps({"chunk": chunk}))
+                answers.append(json.loads(socket_.recv(timeout=30)))
+            return answers
+
+    same(stream(ray_url), stream(local_url))
