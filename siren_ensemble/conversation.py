@@ -147,5 +147,15 @@ class ConversationReport:
     context_turns: int
     #: Earlier turns some member did not read: left out by the window, or dropped to fit a head's max_length.
     dropped_turns: int
-    #: Per member: "chat_template" (its tokenizer's) or "plain" ("role: content" lines).
+    #: Per member: "chat_template" (its tokenizer's) or "plain" ("role: content" lines); empty when the
+    #: conversation was not read in context (``judge`` "last_turns").
     rendering: dict[str, str]
+    #: How it was judged: "either", "context" or "last_turns" (the request's, else ``conversation.judge``).
+    judge: str = "context"
+    #: The view whose score is the result's ("context" or "last_turns"); the members' scores, categories,
+    #: ``truncated`` and ``decided_by`` are that view's.
+    judged_by: str = "context"
+    #: The score in context, and the score of the last user turn and its answer alone (as ``score`` reads a
+    #: prompt/response pair); None for a view that was not scored.
+    context_score: float | None = None
+    last_turns_score: float | None = None

@@ -1,6 +1,6 @@
 """``evaluate-conversations``: recall and FPR of conversations judged in context vs their last turns alone.
 
-In context: the ensemble's ``score_conversation`` path (the window, each backbone's chat template).
+In context: ``score_conversation``'s context view (``judge="context"``: the window, each backbone's chat template).
 Alone: the last user turn and its answer as one plain text, the way ``score`` reads a prompt/response
 pair, which is how a chat is judged without conversation support. Both at the config's threshold.
 This runs the backbones (rendered conversations are not in the feature cache).
@@ -22,7 +22,8 @@ def evaluate_conversations(config_path: str | Path, data: str | Path, window: in
     records = read_conversations(data)
     ensemble = Ensemble.from_config(config_path)
     window = ensemble.config.conversation.window if window is None else window
-    in_context = ensemble.score_batch([ensemble.conversation_input(r.conversation, window) for r in records], progress=progress)
+    in_context = ensemble.score_batch([ensemble.conversation_input(r.conversation, window, judge="context") for r in records],
+                                      progress=progress)
     alone = ensemble.score_batch([r.conversation.last_turns_text() for r in records], progress=progress)
     labels = np.array([r.label for r in records])
     kinds = np.array([r.kind for r in records])
