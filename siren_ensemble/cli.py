@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from .conversation import JUDGES
 from .data import defaults as data_defaults
 from .default_ensemble import DEFAULT_CONFIG
 from .errors import SirenError
@@ -50,7 +51,10 @@ config_option = click.option(
 @click.option("--verbose", "-v", is_flag=True, help="Report on stderr each member's dtype (and why) once the models are loaded.")
 @click.option("--window", type=click.IntRange(0), help="Chat `messages`: turns before the judged ones read as context "
               "(default: the config's conversation.window).")
-def score(config_path, texts, input_path, prompt, response, threshold, output_format, fail_on_harmful, verbose, window):
+@click.option("--judge", type=click.Choice(JUDGES),
+              help="Chat `messages`: either (in context and the last turns alone, the higher score), context or "
+              "last_turns (default: the config's conversation.judge).")
+def score(config_path, texts, input_path, prompt, response, threshold, output_format, fail_on_harmful, verbose, window, judge):
     """Score TEXTS, an --input file, or one --prompt/--response pair."""
     from .ensemble import Ensemble
     from .inputs import InputRecord, read_inputs
@@ -70,7 +74,7 @@ def score(config_path, texts, input_path, prompt, response, threshold, output_fo
     if verbose:
         for name, choice in ensemble.precision.items():
             click.echo(f"{name}: dtype {choice.describe()}", err=True)
-    inputs = [ensemble.conversation_input(record.conversation, window) if record.conversation else record.text
+    inputs = [ensemble.conversation_input(record.conversation, window, judge) if record.conversation else record.text
               for record in records]
     results = ensemble.score_batch(inputs, threshold=threshold, progress=sys.stderr.isatty())
     rows = [_output_row(record, result) for record, result in zip(records, results)]
@@ -384,7 +388,7 @@ def evaluate(config_path, data_path, split, out_path, target_recall, no_baseline
 @click.option("--window", type=click.IntRange(0), help="Turns of context (default: the config's conversation.window).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the full report as JSON here.")
 def evaluate_conversations_command(config_path, data_path, window, out_path):
-    """Recall and FPR of conversations judged in context vs their last turns alone (runs the backbones)."""
+    """Recall and FPR of conversations judged in context, by their last turns alone, and by either (runs the backbones)."""
     from pathlib import Path
 
     from .evaluation.conversations import conversation_table, evaluate_conversations

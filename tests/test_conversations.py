@@ -279,6 +279,12 @@ def test_jsonl_messages_in_the_score_command(chat_ensemble, chat_model, tiny_mod
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert rows[0]["id"] == "c1" and rows[0]["conversation"]["context_turns"] == 1 and "conversation" not in rows[1]
+    assert rows[0]["conversation"]["judge"] == "either" and rows[0]["conversation"]["last_turns_score"] is not None
+    result = CliRunner().invoke(cli, ["score", "--config", str(config), "--input", str(path), "--judge", "last_turns"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.splitlines()[0])["conversation"]
+    assert report["judge"] == report["judged_by"] == "last_turns" and report["context_score"] is None
+    assert CliRunner().invoke(cli, ["score", "--config", str(config), "--input", str(path), "--judge", "both"]).exit_code == 2
 
 
 def test_messages_on_v1_score(chat_ensemble):
@@ -288,9 +294,14 @@ def test_messages_on_v1_score(chat_ensemble):
         answer = httpx.post(f"{url}/v1/score", json={"messages": CHAT, "window": 1}).json()
         assert answer["conversation"]["context_turns"] == 1
         assert answer["score"] == pytest.approx(chat_ensemble.score_conversation(CHAT, window=1).score, abs=1e-6)
+        assert answer["conversation"]["judge"] == "either"
+        context = httpx.post(f"{url}/v1/score", json={"messages": CHAT, "window": 1, "judge": "context"}).json()
+        assert context["conversation"]["judged_by"] == "context" and context["conversation"]["last_turns_score"] is None
+        assert context["score"] == pytest.approx(answer["conversation"]["context_score"], abs=1e-6)
         for body, message in [({"messages": CHAT, "text": "x"}, "not several"), ({"text": "x", "window": 2}, "applies to `messages`"),
                               ({"messages": [{"role": "user", "content": ""}]}, "messages[0].content: empty"),
-                              ({"messages": CHAT, "window": -1}, "window")]:
+                              ({"messages": CHAT, "window": -1}, "window"), ({"messages": CHAT, "judge": "both"}, "judge"),
+                              ({"text": "x", "judge": "context"}, "`judge` applies to `messages`")]:
             response = httpx.post(f"{url}/v1/score", json=body)
             assert response.status_code == 400 and message in response.json()["error"]["message"], response.text
 
