@@ -347,7 +347,8 @@ def test_conversations_file_round_trips_and_bad_lines_are_named(tmp_path):
         read_conversations(path)
 
 
-def test_evaluate_conversations_compares_in_context_with_the_last_turns_alone(chat_ensemble, write_config, tmp_path):
+def test_evaluate_conversations_compares_in_context_the_last_turns_alone_and_either(chat_ensemble, write_config, tmp_path,
+                                                                                    monkeypatch):
     from siren_ensemble.data.conversations import build_conversations, write_conversations
     from siren_ensemble.evaluation.conversations import conversation_table, evaluate_conversations
 
@@ -355,12 +356,27 @@ def test_evaluate_conversations_compares_in_context_with_the_last_turns_alone(ch
     write_conversations(path, build_conversations(_split_records(), per_kind=4))
     config = write_config({"members": [{"name": plan.name, "backbone": "llama3", "head": plan.head.source}
                                        for plan in chat_ensemble.plans]})
+    scored = []
+    original = Ensemble._member_scores
+
+    def counting(self, texts, *args, **kwargs):
+        scored.append(len(texts))
+        return original(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(Ensemble, "_member_scores", counting)
     report = evaluate_conversations(config, path, window=1)
+    assert scored == [16, 16]  # in context, then alone: "either" is not scored again
     assert set(report["per_kind"]) == {"harmful_spread", "harmful_after_chat", "benign_multi_turn", "alarming_last_turn"}
     spread = report["per_kind"]["harmful_spread"]
     assert spread["in_context"]["harmful"] == 4 and spread["in_context"]["recall"] is not None
     assert report["per_kind"]["benign_multi_turn"]["last_turns_alone"]["fpr"] is not None
-    assert "| harmful_spread | 4 | recall |" in conversation_table(report)
+    for kind, ways in report["per_kind"].items():  # the higher score flags whatever either view flags
+        key = "recall" if ways["either"]["benign"] == 0 else "fpr"
+        assert ways["either"][key] >= max(ways["in_context"][key], ways["last_turns_alone"][key]), kind
+        assert ways["either"]["count"] == ways["in_context"]["count"]
+    assert report["failed"] == {"in_context": 0, "last_turns_alone": 0, "either": 0}
+    table = conversation_table(report)
+    assert "| in context | last turns alone | either |" in table and "| harmful_spread | 4 | recall |" in table
     result = CliRunner().invoke(cli, ["evaluate-conversations", "--config", str(config), "--data", str(path),
                                       "--out", str(tmp_path / "report.json")])
     assert result.exit_code == 0, result.output
