@@ -82,7 +82,7 @@ train-default-categories: install-models default-split
 		$(BIN)/siren-ensemble train-categories --member $$member --data $(DEFAULT_SPLIT) || exit 1; \
 	done
 
-# Conversations built from the test split, judged in context and by their last turns alone (runs the backbones).
+# Conversations built from the test split, judged in context, by their last turns alone and by either (runs the backbones).
 conversations-default: install-models default-split
 	$(BIN)/siren-ensemble data conversations --data $(DEFAULT_SPLIT) --out conversations.jsonl
 	$(BIN)/siren-ensemble evaluate-conversations --data conversations.jsonl --out conversations-report.json

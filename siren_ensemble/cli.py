@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from .conversation import JUDGES
 from .data import defaults as data_defaults
 from .default_ensemble import DEFAULT_CONFIG
 from .errors import SirenError
@@ -111,6 +112,9 @@ _LOCAL_SERVER_OPTIONS = ["header_timeout", "body_timeout", "max_connections"]
 @click.option("--verbose", "-v", is_flag=True, help="Report on stderr each member's dtype (and why) once the models are loaded.")
 @click.option("--window", type=click.IntRange(0), help="Chat `messages`: turns before the judged ones read as context "
               "(default: the config's conversation.window).")
+@click.option("--judge", type=click.Choice(JUDGES),
+              help="Chat `messages`: either (in context and the last turns alone, the higher score), context or "
+              "last_turns (default: the config's conversation.judge).")
 @engine_option
 @click.option("--output", "output_path", help="--engine ray: the directory to write the scores into (any path Ray reads: s3://...).")
 @click.option("--output-format", "output_file_format", type=click.Choice(["parquet", "jsonl"]),
@@ -122,13 +126,14 @@ _LOCAL_SERVER_OPTIONS = ["header_timeout", "body_timeout", "max_connections"]
 @num_gpus_option
 @click.pass_context
 def score(ctx, config_path, texts, input_path, prompt, response, threshold, output_format, fail_on_harmful, verbose, window,
-          engine, output_path, output_file_format, address, concurrency, batch_size, num_cpus, num_gpus):
+          judge, engine, output_path, output_file_format, address, concurrency, batch_size, num_cpus, num_gpus):
     """Score TEXTS, an --input file, or one --prompt/--response pair.
 
     With --engine ray, score a corpus: --input is JSONL or Parquet (a file, a directory, or a URI such as
     s3://bucket/corpus/), and the scores go to --output with each row's `id`; a summary is printed at the end."""
     if engine == "ray":
         _refuse(ctx, ["output_format", "verbose"], "not with --engine ray (it writes --output; the summary says how it went)")
+        _refuse(ctx, ["judge"], "not with --engine ray (set conversation.judge in the config)")
         if texts or prompt is not None or response is not None or input_path in (None, "-") or output_path is None:
             raise SirenError("--engine ray scores a corpus: give --input DATA (JSONL or Parquet: a file, a directory or a URI) "
                              "and --output DIR")
@@ -154,7 +159,7 @@ def score(ctx, config_path, texts, input_path, prompt, response, threshold, outp
     if verbose:
         for name, choice in ensemble.precision.items():
             click.echo(f"{name}: dtype {choice.describe()}", err=True)
-    inputs = [ensemble.conversation_input(record.conversation, window) if record.conversation else record.text
+    inputs = [ensemble.conversation_input(record.conversation, window, judge) if record.conversation else record.text
               for record in records]
     results = ensemble.score_batch(inputs, threshold=threshold, progress=sys.stderr.isatty())
     rows = [_output_row(record, result) for record, result in zip(records, results)]
@@ -485,7 +490,7 @@ def evaluate(config_path, data_path, split, out_path, target_recall, no_baseline
 @click.option("--window", type=click.IntRange(0), help="Turns of context (default: the config's conversation.window).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the full report as JSON here.")
 def evaluate_conversations_command(config_path, data_path, window, out_path):
-    """Recall and FPR of conversations judged in context vs their last turns alone (runs the backbones)."""
+    """Recall and FPR of conversations judged in context, by their last turns alone, and by either (runs the backbones)."""
     from pathlib import Path
 
     from .evaluation.conversations import conversation_table, evaluate_conversations

@@ -13,6 +13,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from . import files, plugins
+from .conversation import Judge
 from .errors import ConfigError
 from .precision import INT8, check_int8_device
 from .taxonomy import BY_KEY, unknown_category_message
@@ -86,12 +87,14 @@ class SlidingWindowConfig(_Strict):
 
 
 class ConversationConfig(_Strict):
-    """How chat messages are judged: the last user turn and its answer, in the context of earlier turns."""
+    """How chat messages are judged: the last user turn and its answer, in the context of earlier turns and alone."""
 
-    #: Turns before the judged ones read as context (the nearest); 0 judges the last turns alone.
+    #: Turns before the judged ones read as context (the nearest); 0 reads the judged turns alone, rendered as a chat.
     window: int = Field(6, ge=0, le=512)
     #: auto: each backbone's chat template when its tokenizer has one, else "role: content" lines; plain: always lines.
     template: Literal["auto", "plain"] = "auto"
+    #: either: in context and the last turns alone, the higher score (fails closed: either view flags) | context | last_turns.
+    judge: Judge = "either"
 
 
 def _check_workers(value: int | tuple[int, int]) -> int | tuple[int, int]:

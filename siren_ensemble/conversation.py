@@ -1,19 +1,25 @@
 """Chat messages to judge: parsed with clear errors, and cut to a window of previous turns.
 
 A conversation is judged on its last user turn and whatever answers it (the last assistant turn),
-read in the context of the turns before. ``windowed`` keeps at most ``window`` of those earlier
-turns; how each backbone renders and fits the rest is ``conversation_encoding``'s job.
+read in the context of the turns before, alone, or both ways (``judge``, as ``conversation.judge``).
+``windowed`` keeps at most ``window`` of those earlier turns; how each backbone renders and fits
+the rest is ``conversation_encoding``'s job.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .errors import InputError
 
 Role = Literal["system", "user", "assistant"]
 ROLES = ("system", "user", "assistant")
+#: How a conversation is judged: "either" scores it in context and its last turns alone and keeps the higher
+#: score (flagged when either view is); "context": in context only; "last_turns": the last user turn and its
+#: answer alone, as ``score`` reads a prompt/response pair.
+Judge = Literal["either", "context", "last_turns"]
+JUDGES: tuple[str, ...] = get_args(Judge)
 #: Messages one conversation may hold (before the window), so one request cannot ask for unbounded work.
 MAX_MESSAGES = 512
 
@@ -32,6 +38,9 @@ class Conversation:
     messages: tuple[Message, ...]
     #: Earlier turns the window left out (they are not in ``messages``).
     dropped_by_window: int = 0
+    #: How to judge it: "either" (in context and its last turns alone, the higher score), "context" or
+    #: "last_turns"; None: the ensemble config's ``conversation.judge``.
+    judge: Judge | None = None
 
     @property
     def judged_start(self) -> int:
@@ -60,7 +69,14 @@ class Conversation:
         if window < 0:
             raise InputError(f"window: expected 0 or more previous turns, got {window}")
         kept = self.context[max(0, len(self.context) - window):]
-        return Conversation(kept + self.judged, self.dropped_by_window + len(self.context) - len(kept))
+        dropped = self.dropped_by_window + len(self.context) - len(kept)
+        return replace(self, messages=kept + self.judged, dropped_by_window=dropped)
+
+    def judged_as(self, judge: str) -> "Conversation":
+        """The same conversation, to be judged ``judge`` ("either", "context" or "last_turns")."""
+        if judge not in JUDGES:
+            raise InputError(f"judge: expected one of {', '.join(JUDGES)}, got {judge!r}")
+        return replace(self, judge=judge)
 
     def with_contents(self, contents: list[str]) -> "Conversation":
         return replace(self, messages=tuple(Message(m.role, text) for m, text in zip(self.messages, contents)))
@@ -131,5 +147,15 @@ class ConversationReport:
     context_turns: int
     #: Earlier turns some member did not read: left out by the window, or dropped to fit a head's max_length.
     dropped_turns: int
-    #: Per member: "chat_template" (its tokenizer's) or "plain" ("role: content" lines).
+    #: Per member: "chat_template" (its tokenizer's) or "plain" ("role: content" lines); empty when the
+    #: conversation was not read in context (``judge`` "last_turns").
     rendering: dict[str, str]
+    #: How it was judged: "either", "context" or "last_turns" (the request's, else ``conversation.judge``).
+    judge: str = "context"
+    #: The view whose score is the result's ("context" or "last_turns"); the members' scores, categories,
+    #: ``truncated`` and ``decided_by`` are that view's.
+    judged_by: str = "context"
+    #: The score in context, and the score of the last user turn and its answer alone (as ``score`` reads a
+    #: prompt/response pair); None for a view that was not scored.
+    context_score: float | None = None
+    last_turns_score: float | None = None

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .backbones.base import BackboneSpec
 from .category_scores import CategoryCombination, CategoryVerdict
 from .config import BatchingConfig, EnsembleConfig, SlidingWindowConfig, load_config
-from .conversation import Conversation, ConversationReport
+from .conversation import JUDGES, Conversation, ConversationReport
 from .conversation_encoding import EncodedConversation, encode_conversation
 from .decision import ENSEMBLE_ERROR_KEY, DecisionPath
 from .encoding import SpecialTokenLayout, encode_windows, plan_batches
@@ -218,22 +218,33 @@ class Ensemble:
         for index, text in enumerate(texts):
             if not isinstance(text, Conversation):
                 _check_string(f"texts[{index}]", text, allow_none=False)
+            elif text.judge is not None and text.judge not in JUDGES:
+                raise InputError(f"texts[{index}].judge: expected one of {', '.join(JUDGES)}, got {text.judge!r}")
         threshold = self._resolve_threshold(threshold)
         if not texts:
             return []
-        member_scores = self._member_scores(list(texts), progress, abandoned)
-        return self._combine(member_scores, threshold)
+        views = _JudgedViews.of(list(texts), self.config.conversation.judge)
+        member_scores = self._member_scores(views.texts, progress,
+                                            None if abandoned is None else lambda row: abandoned(views.origin(row)))
+        return views.merge(self._combine(member_scores, threshold, views.label))
 
-    def conversation_input(self, messages: Sequence[dict] | Conversation, window: int | None = None) -> Conversation:
+    def conversation_input(self, messages: Sequence[dict] | Conversation, window: int | None = None,
+                           judge: str | None = None) -> Conversation:
         """Chat messages (``[{"role", "content"}, ...]``) parsed, with at most ``window`` turns of context before the
-        judged ones (default: the config's ``conversation.window``)."""
+        judged ones (default: the config's ``conversation.window``), to be judged ``judge`` ("either", "context" or
+        "last_turns"; default: the config's ``conversation.judge``)."""
         conversation = messages if isinstance(messages, Conversation) else Conversation.parse(messages)
+        if judge is not None:
+            conversation = conversation.judged_as(judge)
         return conversation.windowed(self.config.conversation.window if window is None else window)
 
     def score_conversation(self, messages: Sequence[dict] | Conversation, threshold: float | None = None,
-                           window: int | None = None) -> EnsembleResult:
-        """Judge the last user turn and its answer (when there is one) in the context of the turns before."""
-        return self.score_batch([self.conversation_input(messages, window)], threshold=threshold)[0]
+                           window: int | None = None, judge: str | None = None) -> EnsembleResult:
+        """Judge the last user turn and its answer (when there is one). ``judge`` (default: ``conversation.judge``):
+        "either" scores them in the context of the turns before and alone (as ``score`` reads a prompt/response
+        pair) in one batch and answers with the higher score, flagged when either view is; "context" or
+        "last_turns" score one view. ``result.conversation`` says which view decided and both scores."""
+        return self.score_batch([self.conversation_input(messages, window, judge)], threshold=threshold)[0]
 
     def unscorable(self, reasons: Sequence[str], threshold: float | None = None) -> list[EnsembleResult]:
         """Results for inputs that hold no text to score (a malformed row of a corpus), one per reason: each
@@ -483,17 +494,19 @@ class Ensemble:
                 else:
                     errors[row][plan.name] = f"non-finite score ({value})"
 
-    def _combine(self, member_scores: _MemberScores, threshold: float) -> list[EnsembleResult]:
+    def _combine(self, member_scores: _MemberScores, threshold: float,
+                 label: Callable[[int], str] = str) -> list[EnsembleResult]:
+        """One result per scored row; ``label(row)`` names a row in a ``raise``d error (the caller's text)."""
         scores, errors = member_scores.scores, member_scores.errors
         raises = self.config.on_member_error == "raise"
         if raises:
-            _raise_first_failure(errors, member_scores.rejected)
+            _raise_first_failure(errors, member_scores.rejected, label)
         decisions = self.decision.decide(scores, self._failed_members(errors), threshold)
         errors = [{**row_errors, **found} for row_errors, found in zip(errors, decisions.errors)]
         categories = self.category_combination.verdicts(member_scores.categories, decisions.failed) \
             if self.category_combination else [None] * len(scores)
         if raises:
-            _raise_first_failure(errors, member_scores.rejected)
+            _raise_first_failure(errors, member_scores.rejected, label)
         results = []
         for row in range(len(scores)):
             members = {
@@ -507,6 +520,84 @@ class Ensemble:
                 conversation=_conversation_report(member_scores, row),
             ))
         return results
+
+
+#: A view of a conversation (``judged_by``) as named in the errors it adds when it did not decide.
+_VIEW_NAMES = {"context": "in context", "last_turns": "last turns alone"}
+
+
+@dataclass(frozen=True)
+class _JudgedViews:
+    """What ``score_batch`` scores for its inputs: a text as it is; a conversation in context (``judge``
+    "context"), its last user turn and answer alone as ``score`` reads a prompt/response pair ("last_turns"),
+    or both ("either"). Both views go to the same batch: the last turns are appended after the inputs, so
+    each input keeps its row and costs one more text, not another pass over the batch."""
+
+    inputs: list[str | Conversation]
+    #: What is scored: the inputs (a "last_turns" conversation replaced by its text), then the appended last turns.
+    texts: list[str | Conversation]
+    #: Per conversation (by input row): how it is judged.
+    judges: dict[int, str]
+    #: Per "either" conversation (by input row): the row of its last turns in ``texts``.
+    last_turns: dict[int, int]
+    #: The other way: per appended row of ``texts``, its input row.
+    appended_from: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, inputs: list[str | Conversation], default: str) -> "_JudgedViews":
+        texts: list[str | Conversation] = list(inputs)
+        judges: dict[int, str] = {}
+        last_turns: dict[int, int] = {}
+        for row, item in enumerate(inputs):
+            if not isinstance(item, Conversation):
+                continue
+            judges[row] = judge = item.judge or default
+            if judge == "last_turns":
+                texts[row] = item.last_turns_text()
+            elif judge == "either":
+                last_turns[row] = len(texts)
+                texts.append(item.last_turns_text())
+        return cls(inputs, texts, judges, last_turns, {appended: row for row, appended in last_turns.items()})
+
+    def origin(self, row: int) -> int:
+        """The input row a scored row answers."""
+        return self.appended_from.get(row, row)
+
+    def label(self, row: int) -> str:
+        return f"{self.appended_from[row]} (its last turns alone)" if row in self.appended_from else str(row)
+
+    def merge(self, results: list[EnsembleResult]) -> list[EnsembleResult]:
+        """One result per input: a conversation's from the view it was judged by, its report saying which."""
+        merged = []
+        for row, item in enumerate(self.inputs):
+            result, judge = results[row], self.judges.get(row)
+            if judge is None:
+                merged.append(result)
+            elif judge == "context":
+                merged.append(replace(result, conversation=replace(
+                    result.conversation, judge=judge, judged_by="context", context_score=result.score)))
+            elif judge == "last_turns":
+                merged.append(replace(result, conversation=ConversationReport(
+                    turns=item.turns, judged_turns=len(item.judged), context_turns=0,
+                    dropped_turns=item.turns - len(item.judged), rendering={}, judge=judge,
+                    judged_by="last_turns", last_turns_score=result.score)))
+            else:
+                merged.append(_either(result, results[self.last_turns[row]]))
+        return merged
+
+
+def _either(context: EnsembleResult, alone: EnsembleResult) -> EnsembleResult:
+    """The view that flags, else the higher score (a failed view first on a tie: fail_closed scored it 1.0), else
+    in context. Its members, categories, truncation and stage stand; the other view's failures are kept too."""
+    by_alone = (alone.is_harmful, alone.score, bool(alone.errors)) > (context.is_harmful, context.score, bool(context.errors))
+    deciding, other, judged_by = (alone, context, "last_turns") if by_alone else (context, alone, "context")
+    other_name = _VIEW_NAMES["context" if by_alone else "last_turns"]
+    errors = dict(deciding.errors)
+    for name, message in other.errors.items():
+        errors.setdefault(name, f"{other_name}: {message}")
+    report = replace(context.conversation, judge="either", judged_by=judged_by,
+                     context_score=context.score, last_turns_score=alone.score)
+    return replace(deciding, errors=errors, conversation=report)
 
 
 def _conversation_report(state: _MemberScores, row: int) -> ConversationReport | None:
@@ -577,16 +668,17 @@ def _record_failure(errors: list[dict[str, str]], batch: list[int], members: Seq
             errors[row][member] = message
 
 
-def _raise_first_failure(errors: list[dict[str, str]], rejected: list[str | None]) -> None:
-    """The ``raise`` policy: the first failed text's first failure, naming the text."""
+def _raise_first_failure(errors: list[dict[str, str]], rejected: list[str | None],
+                         label: Callable[[int], str] = str) -> None:
+    """The ``raise`` policy: the first failed text's first failure, naming the text (``label(row)``)."""
     for row, row_errors in enumerate(errors):
         if ABANDONED in row_errors.values():
             continue  # its answer goes to nobody: it must not fail the texts still waited for
         if rejected[row] is not None:
-            raise InputError(f"texts[{row}]: {rejected[row]}")
+            raise InputError(f"texts[{label(row)}]: {rejected[row]}")
         for name, message in row_errors.items():
             who = "the ensemble score" if name == ENSEMBLE_ERROR_KEY else f"member {name!r}"
-            raise MemberError(f"{who} failed on text {row}: {message}")
+            raise MemberError(f"{who} failed on text {label(row)}: {message}")
 
 
 def _clean_each(texts: Sequence[str | Conversation]) -> tuple[list[str | Conversation | None], list[str | None]]:

@@ -139,7 +139,7 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
         scorer = service.ready_scorer()
         if body.messages is not None:
             try:
-                text = scorer.ensemble.conversation_input(body.messages, body.window)
+                text = scorer.ensemble.conversation_input(body.messages, body.window, body.judge)
             except InputError as error:
                 raise HTTPException(400, str(error)) from None
             for index, message in enumerate(text.messages):

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
+from ..conversation import Judge
 from ..ensemble import EnsembleResult
 from ..taxonomy import OPENAI_KEYS
 
@@ -58,6 +59,9 @@ class ScoreRequest(BaseModel):
     messages: list[Any] | None = None
     #: With ``messages``: turns of context before the judged ones (default: the config's ``conversation.window``).
     window: Annotated[int, Strict(), Field(ge=0, le=512)] | None = None
+    #: With ``messages``: "either" (in context and the last turns alone, the higher score), "context" or
+    #: "last_turns" (default: the config's ``conversation.judge``).
+    judge: Judge | None = None
     threshold: Threshold | None = None
 
     @model_validator(mode="after")
@@ -67,8 +71,9 @@ class ScoreRequest(BaseModel):
             raise ValueError("pass one of `text`, `prompt`/`response` or `messages`, not several")
         if not any(forms):
             raise ValueError("provide `text`, at least one of `prompt`/`response`, or `messages`")
-        if self.window is not None and self.messages is None:
-            raise ValueError("`window` applies to `messages` only")
+        for name in ("window", "judge"):
+            if getattr(self, name) is not None and self.messages is None:
+                raise ValueError(f"`{name}` applies to `messages` only")
         return self
 
 
