@@ -71,7 +71,9 @@ def output_schema(ensemble: Ensemble, id_type: pa.DataType | None) -> pa.Schema:
         pa.field("truncated", pa.bool_()), pa.field("errors", _STRING_MAP), pa.field("decided_by", pa.int64()),
         pa.field("conversation", pa.struct([*(pa.field(name, pa.int64()) for name in
                                               ("turns", "judged_turns", "context_turns", "dropped_turns")),
-                                            pa.field("rendering", _STRING_MAP)])),
+                                            pa.field("rendering", _STRING_MAP), pa.field("judge", pa.string()),
+                                            pa.field("judged_by", pa.string()), pa.field("context_score", pa.float64()),
+                                            pa.field("last_turns_score", pa.float64())])),
     ]
     if ensemble.category_combination is not None:
         fields += [pa.field("categories", _SCORE_MAP), pa.field("top_category", pa.string()),
