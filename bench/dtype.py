@@ -67,9 +67,14 @@ def drift_rows(reference: Ensemble, full: list, other: list, labels: list[int], 
     for name in list(full[0].members) + ["ensemble"]:
         pick = (lambda r: r.score) if name == "ensemble" else (lambda r, n=name: r.members[n])
         cut = reference.threshold if name == "ensemble" else threshold[name]
-        a, b = [pick(r) for r in full], [pick(r) for r in other]
+        pairs = [(pick(x), pick(y), label) for x, y, label in zip(full, other, labels)]
+        pairs = [pair for pair in pairs if pair[0] is not None and pair[1] is not None]  # a cascade member may not run
+        if not pairs:
+            rows.append(f"| {name} | (not run on these texts) | | | | | |")
+            continue
+        a, b, labels_run = [pair[0] for pair in pairs], [pair[1] for pair in pairs], [pair[2] for pair in pairs]
         flipped = sum((x >= cut) != (y >= cut) for x, y in zip(a, b))
-        before, after = binary_metrics(labels, a, cut), binary_metrics(labels, b, cut)
+        before, after = binary_metrics(labels_run, a, cut), binary_metrics(labels_run, b, cut)
         rows.append(f"| {name} | {max(abs(x - y) for x, y in zip(a, b)):.4f} | {flipped}/{len(a)} | "
                     f"{before.f1:.3f} | {after.f1:.3f} | {before.auroc:.3f} | {after.auroc:.3f} |")
     return rows
