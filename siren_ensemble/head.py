@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Annotated, Literal, Mapping
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, NonNegativeInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, NonNegativeInt
 from torch import nn
 
 from . import files
-from .artifacts import read_config, read_tensors, write_artifact
+from .artifacts import read_config
 from .errors import ArtifactError
 from .module_files import load_strictly, save_module
-from .validation import format_validation_error
 
 CONFIG_FILE = "siren_config.json"
 WEIGHTS_FILE = "siren.safetensors"
