@@ -191,6 +191,9 @@ class EnsembleConfig(_Strict):
             seen[member.name] = index
             if member.backbone not in backbone_registry:
                 raise ConfigError(f"{where}.backbone: {backbone_registry.unknown_message(member.backbone)}")
+            not_names = [key for key in member.backbone_options if not key.isidentifier()]
+            if not_names:
+                raise ConfigError(f"{where}.backbone_options: {not_names[0]!r} is not a from_pretrained argument name")
             reserved = sorted(set(member.backbone_options) & RESERVED_LOAD_OPTIONS)
             if reserved and reserved[0] in SAFETENSORS_ONLY_OPTIONS:
                 raise ConfigError(

@@ -176,3 +176,11 @@ def test_a_missing_relative_head_is_not_silently_taken_for_a_hub_id(write_config
     path = write_config({"members": [member(head="heads/typo")]})
     with pytest.raises(ArtifactError, match=r"members\[0\].head: 'heads/typo' is not a local directory .* and could not be fetched"):
         validate_plan(load_config(path))
+
+
+def test_backbone_options_keys_must_be_argument_names(tmp_path):
+    from siren_ensemble.config import EnsembleConfig
+
+    raw = {"members": [{"name": "a", "backbone": "llama3", "head": str(tmp_path), "backbone_options": {"": 0}}]}
+    with pytest.raises(ConfigError, match=r"members\[0\]\.backbone_options: '' is not a from_pretrained argument name"):
+        EnsembleConfig.from_dict(raw, base_dir=tmp_path)

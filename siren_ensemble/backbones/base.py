@@ -234,3 +234,6 @@ def _wrap_load_errors(spec: BackboneSpec, what: str, load):
         # transformers reports unreachable hubs, missing files and bad GGUFs this way.
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ArtifactError(f"cannot load the {what} of {spec.describe()}: {first_line}") from None
+    except TypeError as error:
+        # An argument the model class does not take, passed on from backbone_options.
+        raise ConfigError(f"cannot load the {what} of {spec.describe()}: {error} (check the member's backbone_options)") from None
