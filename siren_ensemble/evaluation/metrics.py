@@ -30,7 +30,12 @@ class BinaryMetrics:
     tpr_at_5pct_fpr: float | None
 
     def to_dict(self) -> dict:
-        return {key: (round(value, 6) if isinstance(value, float) else value) for key, value in asdict(self).items()}
+        return rounded_fields(self)
+
+
+def rounded_fields(metrics) -> dict:
+    """A metrics dataclass as a dict, floats rounded to 6 places (the reports' JSON)."""
+    return {key: (round(value, 6) if isinstance(value, float) else value) for key, value in asdict(metrics).items()}
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:

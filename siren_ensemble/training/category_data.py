@@ -6,13 +6,13 @@ about them, so it is left out (``rows`` are the records that count).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from ..data.records import SafetyRecord
+from ..evaluation.metrics import binary_metrics, rounded_fields
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class CategoryMetrics:
     auroc: float | None
 
     def to_dict(self) -> dict:
-        return {key: (round(value, 6) if isinstance(value, float) else value) for key, value in asdict(self).items()}
+        return rounded_fields(self)
 
 
 def per_category_metrics(labels: np.ndarray, scores: np.ndarray, categories: Sequence[str],
@@ -56,15 +56,10 @@ def per_category_metrics(labels: np.ndarray, scores: np.ndarray, categories: Seq
     """One-vs-rest metrics of each category's score at its threshold; None where a class is missing."""
     metrics = {}
     for column, key in enumerate(categories):
-        truth, score = labels[:, column] == 1, scores[:, column]
-        predicted = score >= thresholds[key]
-        tp, fp, fn = (float(np.sum(a & b)) for a, b in ((predicted, truth), (predicted, ~truth), (~predicted, truth)))
-        both = truth.any() and (~truth).any()
+        column_metrics = binary_metrics(labels[:, column] == 1, scores[:, column], thresholds[key])
         metrics[key] = CategoryMetrics(
-            positives=int(truth.sum()), threshold=float(thresholds[key]),
-            precision=tp / (tp + fp) if tp + fp else None, recall=tp / (tp + fn) if truth.any() else None,
-            f1=2 * tp / (2 * tp + fp + fn) if truth.any() else None,
-            auroc=float(roc_auc_score(truth, score)) if both else None,
+            positives=column_metrics.harmful, threshold=column_metrics.threshold, precision=column_metrics.precision,
+            recall=column_metrics.recall, f1=column_metrics.f1, auroc=column_metrics.auroc,
         )
     return metrics
 
