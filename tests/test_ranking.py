@@ -258,6 +258,14 @@ def test_training_is_deterministic(trained, ranking_data):
     assert first.read_bytes() == second.read_bytes()
 
 
+def test_excluding_a_source_reads_the_same_cached_features_as_keeping_it(trained, ranking_data, tiny_models):
+    """The held-out run (``--exclude-source``) and the full run share one feature list: no second backbone pass."""
+    fresh = FeatureExtractor(trained["extractor"].adapter, max_length=64, cache_dir=trained["root"] / "cache")
+    report = train_ranker(fresh, ranking_data, trained["root"] / "all-sources", RankerOptions(epochs=2, width=32))
+    assert fresh.loaded == {}  # the backbone never loaded: every text came from the excluding run's cache
+    assert report["groups"]["train"]["total"] > trained["report"]["groups"]["train"]["total"]
+
+
 def test_training_refuses_layers_beyond_the_backbone(trained, ranking_data, tmp_path):
     with pytest.raises(InputError, match=f"layer 7 is outside the backbone's {DEPTH} layers"):
         train_ranker(trained["extractor"], ranking_data, tmp_path, RankerOptions(layers=(1, 7), epochs=1))

@@ -65,8 +65,9 @@ def train_ranker(extractor: FeatureExtractor, data: str | Path, out: str | Path,
     """Train on ``data``'s train split, keep the best epoch on validation, write the ranker and its report to ``out``."""
     started = time.perf_counter()
     splits = {name: read_dataset(data, name) for name in ("train", "validation")}
-    groups = {name: [group for group in build_groups(records, options.seed) if group.source not in options.exclude_sources]
-              for name, records in splits.items()}
+    every_group = {name: build_groups(records, options.seed) for name, records in splits.items()}
+    groups = {name: [group for group in found if group.source not in options.exclude_sources]
+              for name, found in every_group.items()}
     for name, found in groups.items():
         if not found:
             raise InputError(f"{data}/{name}.jsonl: no ranking groups (a group needs response-level records: a "
@@ -78,7 +79,8 @@ def train_ranker(extractor: FeatureExtractor, data: str | Path, out: str | Path,
         raise InputError(f"--layers: layer {outside[0]} is outside the backbone's {depth} layers (0-{depth - 1})")
     logger.info("ranking groups: %d train, %d validation; features of layers %s", len(groups["train"]),
                 len(groups["validation"]), ", ".join(map(str, layers)))
-    wanted = group_texts([*groups["train"], *groups["validation"]])
+    # Every group's texts, excluded ones too: the same list as a run without exclusions, so the cache serves both.
+    wanted = group_texts([*every_group["train"], *every_group["validation"]])
     table = feature_table(extractor, list(splits.values()), wanted, layers, progress)
     train = group_batch(groups["train"], table, layers)
     validation = group_batch(groups["validation"], table, layers)
