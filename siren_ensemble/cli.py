@@ -829,8 +829,9 @@ def steer_export(config_path, member, data_path, out_dir, layers_text, max_lengt
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for steering.json and steering.png.")
 @click.option("--lambdas", default="2,4,8", show_default=True, help="Comma-separated lambdas (the unsteered model is always measured too).")
 @click.option("--layers", "layer_sets", multiple=True, required=True, help="A set of layers steered together, e.g. 15 or 13-15 (repeat for more sets).")
-@click.option("--lambda-unit", type=click.Choice(["gap", "absolute"]), default="gap", show_default=True,
-              help="gap: lambda counts each layer's class gap (harmful minus benign mean state); absolute: raw state units.")
+@click.option("--lambda-unit", type=click.Choice(["gap", "projected_gap", "absolute"]), default="gap", show_default=True,
+              help="gap: lambda counts each layer's class gap (harmful minus benign mean state); projected_gap: that gap's "
+                   "length along the direction; absolute: raw state units.")
 @click.option("--direction", type=click.Choice(["probe", "mean_difference"]), default="probe", show_default=True)
 @click.option("--harmful", type=click.IntRange(1), default=100, show_default=True, help="Held-out harmful prompts.")
 @click.option("--benign", type=click.IntRange(1), default=100, show_default=True, help="Held-out benign prompts.")

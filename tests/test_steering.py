@@ -239,6 +239,12 @@ def test_exported_directions_are_unit_vectors_with_their_numbers(directions):
     assert entry.mean_difference_norm > 0 and 0 <= entry.probe_f1 <= 1 and -1 <= entry.cosine <= 1
     scaled = directions.steering_vectors("mean_difference", [1], unit="gap")[1]
     assert float(scaled.norm()) == pytest.approx(entry.mean_difference_norm, rel=1e-5)
+    # projected_gap: the class gap measured along the direction (all of it for the mean difference's own direction).
+    assert torch.allclose(directions.steering_vectors("mean_difference", [1], unit="projected_gap")[1], scaled)
+    projected = directions.steering_vectors("probe", [1], unit="projected_gap")[1]
+    assert float(projected.norm()) == pytest.approx(entry.mean_difference_norm * abs(entry.cosine), rel=1e-4)
+    with pytest.raises(InputError, match="lambda unit: expected one of gap, projected_gap, absolute, got 'sigma'"):
+        directions.steering_vectors("probe", [1], unit="sigma")
     with pytest.raises(InputError, match=r"layer 3: no direction exported for it .*\(layers 1, 2\)"):
         directions.layer(3)
 

@@ -36,6 +36,11 @@ Kind = Literal["probe", "mean_difference"]
 KINDS: tuple[Kind, ...] = ("probe", "mean_difference")
 #: A stored direction must be a unit vector to this tolerance.
 UNIT_TOLERANCE = 1e-3
+#: What lambda counts: raw state units, the class gap (the norm of the harmful-minus-benign mean state), or the class
+#: gap measured along the steering direction (where a few huge "massive activation" dimensions carry most of the
+#: gap, its whole norm is far longer than the distance between the classes along a probe direction).
+LambdaUnit = Literal["gap", "projected_gap", "absolute"]
+LAMBDA_UNITS: tuple[str, ...] = ("gap", "projected_gap", "absolute")
 
 
 class LayerDirections(BaseModel):
@@ -80,14 +85,20 @@ class SteeringDirections:
         exported = ", ".join(str(entry.layer) for entry in self.config.layers)
         raise InputError(f"layer {layer}: no direction exported for it in {self.source} (layers {exported})")
 
-    def steering_vectors(self, kind: Kind, layers: Sequence[int], unit: Literal["gap", "absolute"] = "gap") -> dict[int, torch.Tensor]:
-        """The vectors ``v`` to add at ``layers`` (times lambda): unit directions, or scaled by each layer's class gap."""
+    def steering_vectors(self, kind: Kind, layers: Sequence[int], unit: LambdaUnit = "gap") -> dict[int, torch.Tensor]:
+        """The vectors ``v`` to add at ``layers`` (times lambda): unit directions (``absolute``), or scaled by each
+        layer's class gap (``gap``: its whole norm; ``projected_gap``: its length along the direction itself)."""
         if kind not in KINDS:
             raise InputError(f"direction: expected one of {', '.join(KINDS)}, got {kind!r}")
+        if unit not in LAMBDA_UNITS:
+            raise InputError(f"lambda unit: expected one of {', '.join(LAMBDA_UNITS)}, got {unit!r}")
         scaled = {}
         for layer in layers:
             entry = self.layer(layer)
-            scaled[layer] = self.vectors[kind][layer] * (entry.mean_difference_norm if unit == "gap" else 1.0)
+            scale = {"gap": entry.mean_difference_norm, "absolute": 1.0,
+                     # The mean difference's own direction has cosine 1 with the gap; the probe's is whatever it is.
+                     "projected_gap": entry.mean_difference_norm * (1.0 if kind == "mean_difference" else abs(entry.cosine))}
+            scaled[layer] = self.vectors[kind][layer] * scale[unit]
         return scaled
 
     def save(self, directory: str | Path) -> Path:

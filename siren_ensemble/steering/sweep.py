@@ -20,7 +20,7 @@ import contextlib
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -30,7 +30,7 @@ from ..ensemble import Ensemble
 from ..errors import InputError
 from ..refusal_phrases import looks_like_refusal
 from ..text import join_prompt_response
-from .directions import Kind, SteeringDirections
+from .directions import Kind, LambdaUnit, SteeringDirections
 from .hooks import check_scale, steering
 from .language_model import Generation, InstructModel
 
@@ -40,7 +40,7 @@ class SweepOptions:
     lambdas: tuple[float, ...] = (2.0, 4.0, 8.0)
     layer_sets: tuple[tuple[int, ...], ...] = ()
     #: ``gap``: lambda counts class gaps (each layer's ``mean_difference_norm``); ``absolute``: raw units of the state.
-    lambda_unit: Literal["gap", "absolute"] = "gap"
+    lambda_unit: LambdaUnit = "gap"
     direction: Kind = "probe"
     harmful: int = 100
     benign: int = 100
