@@ -713,12 +713,14 @@ def serve(ctx, config_path, host, port, api_key, max_body_bytes, max_inputs, max
 @click.option("--prompt", required=True, help="The prompt the candidates answer.")
 @click.option("--candidates", "candidates_path", required=True,
               help='Candidate responses: a JSONL file of {"text"} or {"response"} lines, a file of plain lines, or - for stdin.')
-@click.option("--method", type=click.Choice(["auto", "siren", "srr"]), default="auto", show_default=True,
+@click.option("--method", type=click.Choice(["auto", "siren", "srr", "guarded"]), default="auto", show_default=True,
               help="siren: the ensemble score of each (prompt, candidate) pair; srr: the SRR rankers beside the members' heads; "
-                   "auto: srr where a member has a ranker.")
+                   "guarded: srr, with every candidate the ensemble flags after those it passes; "
+                   "auto: guarded where a member has a ranker, else siren.")
 @click.option("--verbose", "-v", is_flag=True, help="Say on stderr which method ranked.")
 def rank(config_path, prompt, candidates_path, method, verbose):
-    """Rank candidate responses to --prompt by safety: one JSON line each, safest first ({"index", "score", "members"})."""
+    """Rank candidate responses to --prompt by safety: one JSON line each, safest first ({"index", "score", "members"},
+    and "flagged" when guarded)."""
     from .ensemble import Ensemble
     from .inputs import read_inputs
 

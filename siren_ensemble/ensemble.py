@@ -30,7 +30,7 @@ from .members import MemberPlan, plan_members, check_heads_against_backbones
 from .precision import DtypeChoice
 from .ranking.model import SRRRanker
 from .ranking.result import RankResult, ranked
-from .ranking.runtime import check_rank_request, load_rankers, resolve_method, srr_risks
+from .ranking.runtime import check_rank_request, guarded_scores, load_rankers, resolve_method, srr_risks
 from .streaming import EnsembleStream, PassStream
 from .text import check_encodable, clean_text, join_prompt_response
 
@@ -279,20 +279,27 @@ class Ensemble:
     def rank(self, prompt: str, candidates: Sequence[str], method: str = "auto") -> RankResult:
         """``candidates`` (responses to ``prompt``) safest first. ``siren``: by the ensemble score of each
         (prompt, candidate) pair; ``srr``: by the SRR rankers beside the members' heads (mean of their risks);
-        ``auto``: ``srr`` when a member has a ranker, else ``siren``."""
+        ``guarded``: by ``srr``, after every candidate the ensemble passes those it flags (a pair it fails to score
+        is flagged under the default ``fail_closed`` policy);
+        ``auto``: ``guarded`` when a member has a ranker, else ``siren``."""
         check_rank_request(prompt, candidates, method)
         if self._rankers is None and method != "siren":  # "siren" ranks even beside a ranker that would not load
             self._rankers = load_rankers(self.plans, self._backbone_by_member())
         method = resolve_method(method, self._rankers or {})
-        if method == "siren":
+        if method in ("siren", "guarded"):
             results = self.score_batch([join_prompt_response(prompt, candidate) for candidate in candidates])
-            return ranked(method, [r.score for r in results], [r.members for r in results], [r.errors for r in results])
+            if method == "siren":
+                return ranked(method, [r.score for r in results], [r.members for r in results], [r.errors for r in results])
         backbones = self._backbone_by_member()
         with self._lock:
             risks = {name: srr_risks(ranker, backbones[name], prompt, candidates, self.config.batching)
                      for name, ranker in self._rankers.items()}
         members = [{name: float(values[row]) for name, values in risks.items()} for row in range(len(candidates))]
-        return ranked(method, np.mean(list(risks.values()), axis=0).tolist(), members)
+        mean_risks = np.mean(list(risks.values()), axis=0)
+        if method == "srr":
+            return ranked(method, mean_risks.tolist(), members)
+        flagged = [bool(r.is_harmful) for r in results]
+        return ranked(method, guarded_scores(mean_risks, flagged).tolist(), members, [r.errors for r in results], flagged)
 
     # ---- internals -----------------------------------------------------------------------
 

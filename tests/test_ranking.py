@@ -21,7 +21,8 @@ from siren_ensemble.ranking.evaluation import RankerEvaluationOptions, evaluate_
 from siren_ensemble.ranking.groups import ADDED_REFUSAL, build_groups
 from siren_ensemble.ranking.metrics import group_outcome
 from siren_ensemble.ranking.model import RANKER_CONFIG_FILE, RANKER_WEIGHTS_FILE, RankerConfig, SRRRanker
-from siren_ensemble.ranking.runtime import pooled_features
+from siren_ensemble.ranking.result import ranked
+from siren_ensemble.ranking.runtime import guarded_scores, pooled_features
 from siren_ensemble.ranking.training import RankerOptions, train_ranker
 from siren_ensemble.testing import random_head, write_ranking_split
 from siren_ensemble.training.feature_cache import FeatureExtractor
@@ -120,7 +121,8 @@ def test_siren_ranking_sorts_the_pair_scores_ascending(ensemble):
     (HARMFUL_PROMPT, [REFUSAL, 3], "auto", "candidates[1]: expected a string, got int"),
     (HARMFUL_PROMPT, REFUSAL, "auto", "candidates: expected a list of strings, got str"),
     (None, [REFUSAL], "auto", "prompt: expected a string"),
-    (HARMFUL_PROMPT, [REFUSAL], "best", "method: expected one of auto, siren, srr, got 'best'"),
+    (HARMFUL_PROMPT, [REFUSAL], "best", "method: expected one of auto, siren, srr, guarded, got 'best'"),
+    (HARMFUL_PROMPT, [REFUSAL], "guarded", "method 'guarded': no member has a ranker"),
     (HARMFUL_PROMPT, [REFUSAL], "srr", "method 'srr': no member has a ranker"),
     (HARMFUL_PROMPT, [REFUSAL, "bad \ud800"], "auto", "candidates[1]: not valid Unicode: lone surrogate U+D800"),
 ])
@@ -188,7 +190,7 @@ def test_a_ranker_beside_the_head_ranks_by_srr_from_the_live_backbone(head_dir, 
     config.write_text(yaml.safe_dump({"members": [{"name": "tiny", "backbone": "llama3", "head": str(head)}]}))
     ensemble = Ensemble.from_config(config)
     candidates = [COMPLIANT, REFUSAL, HELPFUL]
-    result = ensemble.rank(HARMFUL_PROMPT, candidates)
+    result = ensemble.rank(HARMFUL_PROMPT, candidates, method="srr")
     assert result.method == "srr"
     # The same features the training cache holds (FeatureExtractor), read through the ranker.
     extractor = FeatureExtractor(adapter_for("llama3", str(tiny_models["llama"])), max_length=64, cache_dir=tmp_path / "cache")
@@ -201,6 +203,22 @@ def test_a_ranker_beside_the_head_ranks_by_srr_from_the_live_backbone(head_dir, 
         assert candidate.members == {"tiny": candidate.score}
     assert [c.score for c in result.candidates] == sorted(c.score for c in result.candidates)
     assert ensemble.rank(HARMFUL_PROMPT, candidates, method="siren").method == "siren"
+    # auto ranks guarded: the same risks, plus 1 where the ensemble's verdict on the pair is harmful.
+    guarded = ensemble.rank(HARMFUL_PROMPT, candidates)
+    verdicts = ensemble.score_batch([f"{HARMFUL_PROMPT}\n{candidate}" for candidate in candidates])
+    assert guarded.method == "guarded"
+    for candidate in guarded.candidates:
+        assert candidate.flagged is verdicts[candidate.index].is_harmful
+        assert candidate.score == pytest.approx(float(expected[candidate.index]) + candidate.flagged, abs=1e-5)
+        assert candidate.to_dict()["flagged"] is candidate.flagged
+    assert [c.flagged for c in guarded.candidates] == sorted(c.flagged for c in guarded.candidates)
+
+
+def test_guarded_scores_put_every_flagged_candidate_after_every_passed_one():
+    # The ranker prefers candidate 0 (risk 0.1) but the ensemble flags it: the passed ones come first, in the ranker's order.
+    scores = guarded_scores([0.1, 0.9, 0.4], [True, False, False])
+    assert scores.tolist() == pytest.approx([1.1, 0.9, 0.4])
+    assert ranked("guarded", scores, [{}, {}, {}], flagged=[True, False, False]).order == [2, 1, 0]
 
 
 def test_a_ranker_for_another_backbone_is_refused_when_ranking(head_dir, tmp_path):
@@ -274,15 +292,17 @@ def test_training_refuses_layers_beyond_the_backbone(trained, ranking_data, tmp_
 def test_evaluation_compares_random_siren_and_srr_per_source(trained, config, ranking_data):
     report = evaluate_rankers(config, ranking_data, RankerEvaluationOptions(rankers={"tiny": trained["root"] / "a"}),
                               cache_dir=trained["root"] / "cache")
-    assert set(report["methods"]) == {"random", "siren", "srr"}
+    assert set(report["methods"]) == {"random", "siren", "srr", "guarded"}
     assert report["held_out_sources"] == ["helpful-answers-b"]
     srr = report["methods"]["srr"]
     assert {"all", "harmful_request", "benign_request", "held_out", "source:helpful-answers-b"} <= set(srr)
     assert srr["all"]["groups"] == report["groups"]
     assert 0.3 < report["methods"]["random"]["all"]["pairwise_accuracy"] < 0.7
     assert report["targets"]["checked"] and report["targets"]["subset"] == "held_out"
+    assert {"srr", "guarded"} <= set(report["targets"]) and "guarded" in report["methods"]
+    assert set(report["targets"]["srr"]["pairwise_gain_per_held_out_source"]) == {"helpful-answers-b"}
     table = render(report)
-    assert "held-out sources: helpful-answers-b" in table and "targets:" in table
+    assert "held-out sources: helpful-answers-b" in table and "targets (srr):" in table and "targets (guarded):" in table
 
 
 # ---- command line and HTTP -------------------------------------------------------------------------------------

@@ -30,10 +30,13 @@ from .features import feature_table, group_texts
 from .groups import RankingGroup, build_groups
 from .metrics import group_outcome, summarise
 from .model import SRRRanker, has_ranker
+from .runtime import guarded_scores
 
 #: The issue's bar: SRR's pairwise accuracy above SIREN's on held-out sources, and helpful answers preferred.
 TARGET_PAIRWISE_GAIN = 0.03
 TARGET_HELPFUL_RATE = 0.90
+#: The methods the bar is checked for: the rankers alone, and the rankers behind the ensemble's verdict.
+TARGET_METHODS = ("srr", "guarded")
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,14 @@ def evaluate_rankers(config_path: str | Path, data: str | Path, options: RankerE
         raise InputError(f"{data}: no ranking groups in the {options.split} split (it needs response-level records)")
     rankers = _rankers(plans, options.rankers)
     scorer = FeatureScorer(config, plans, cache_dir, progress)
-    scores = {"random": None, "siren": _siren_scores(scorer, DecisionPath.from_config(config, plans), plans, records, groups)}
+    path = DecisionPath.from_config(config, plans)
+    scores = {"random": None, "siren": _siren_scores(scorer, path, plans, records, groups)}
     loaded: dict[BackboneSpec, LoadedBackbone] = {}
     member_risks = {name: _srr_scores(plan, ranker, records, groups, cache_dir, loaded, progress)
                     for name, (plan, ranker) in rankers.items()}
     if member_risks:
         scores["srr"] = np.mean(list(member_risks.values()), axis=0)
+        scores["guarded"] = guarded_scores(scores["srr"], scores["siren"] >= path.threshold)
         if len(member_risks) > 1:
             scores.update({f"srr:{name}": risks for name, risks in member_risks.items()})
     trained_sources = set().union(*(ranker.config.sources for _, ranker in rankers.values())) if rankers else set()
@@ -75,7 +80,7 @@ def evaluate_rankers(config_path: str | Path, data: str | Path, options: RankerE
         "held_out_sources": sorted(held_out),
         "groups": len(groups),
         "methods": methods,
-        "targets": _targets(methods),
+        "targets": _targets(methods, sorted(held_out)),
     }
 
 
@@ -150,19 +155,30 @@ def _mean_reports(reports: list[dict]) -> dict:
     return averaged
 
 
-def _targets(methods: dict) -> dict:
+def _targets(methods: dict, held_out_sources: Sequence[str]) -> dict:
+    """The issue's bar, for each trained method: its pairwise gain over SIREN on the held-out sources (together, and
+    each on its own), and how often it puts the helpful answer first on benign prompts."""
     if "srr" not in methods:
         return {"checked": False, "why": "no SRR ranker to check"}
-    srr, siren = methods["srr"], methods["siren"]
-    held_out = "held_out" if "held_out" in srr else "all"
-    gain = (srr[held_out]["pairwise_accuracy"] or 0.0) - (siren[held_out]["pairwise_accuracy"] or 0.0)
-    helpful = srr.get("benign_request", {}).get("top1_rate")
-    return {
-        "checked": True, "subset": held_out,
-        "pairwise_gain_over_siren": round(gain, 4), "pairwise_gain_met": gain >= TARGET_PAIRWISE_GAIN,
-        "benign_helpful_first_rate": helpful,
-        "benign_helpful_first_met": helpful is not None and helpful >= TARGET_HELPFUL_RATE,
-    }
+    siren = methods["siren"]
+    held_out = "held_out" if "held_out" in methods["srr"] else "all"
+
+    def gain(method: dict, subset: str) -> float:
+        return round((method[subset]["pairwise_accuracy"] or 0.0) - (siren[subset]["pairwise_accuracy"] or 0.0), 4)
+
+    checked = {"checked": True, "subset": held_out}
+    for name in TARGET_METHODS:
+        if name not in methods:
+            continue
+        method = methods[name]
+        helpful = method.get("benign_request", {}).get("top1_rate")
+        checked[name] = {
+            "pairwise_gain_over_siren": gain(method, held_out), "pairwise_gain_met": gain(method, held_out) >= TARGET_PAIRWISE_GAIN,
+            "pairwise_gain_per_held_out_source": {source: gain(method, f"source:{source}") for source in held_out_sources},
+            "benign_helpful_first_rate": helpful,
+            "benign_helpful_first_met": helpful is not None and helpful >= TARGET_HELPFUL_RATE,
+        }
+    return checked
 
 
 def render(report: dict) -> str:
@@ -183,11 +199,13 @@ def render(report: dict) -> str:
     text += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
     text.append(f"held-out sources: {', '.join(report['held_out_sources']) or '(none)'}")
     targets = report["targets"]
-    if targets["checked"]:
-        text.append(f"targets: SRR pairwise gain over SIREN on {targets['subset']} {targets['pairwise_gain_over_siren']:+.4f} "
-                    f"({'met' if targets['pairwise_gain_met'] else 'NOT met'}, >= {TARGET_PAIRWISE_GAIN}); helpful answer "
-                    f"first on benign prompts {targets['benign_helpful_first_rate']} "
-                    f"({'met' if targets['benign_helpful_first_met'] else 'NOT met'}, >= {TARGET_HELPFUL_RATE})")
+    for name in [name for name in TARGET_METHODS if name in targets]:
+        target = targets[name]
+        per_source = ", ".join(f"{source} {value:+.4f}" for source, value in target["pairwise_gain_per_held_out_source"].items())
+        text.append(f"targets ({name}): pairwise gain over SIREN on {targets['subset']} {target['pairwise_gain_over_siren']:+.4f} "
+                    f"({'met' if target['pairwise_gain_met'] else 'NOT met'}, >= {TARGET_PAIRWISE_GAIN}; per held-out source: "
+                    f"{per_source or '-'}); helpful answer first on benign prompts {target['benign_helpful_first_rate']} "
+                    f"({'met' if target['benign_helpful_first_met'] else 'NOT met'}, >= {TARGET_HELPFUL_RATE})")
     return "\n".join(text)
 
 

@@ -5,22 +5,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-#: Rank by the SIREN score of each (prompt, candidate) pair, or by the SRR rankers beside the members' heads.
-METHODS = ("siren", "srr")
+#: Rank by the SIREN score of each (prompt, candidate) pair, by the SRR rankers beside the members' heads, or by
+#: the SRR rankers behind the ensemble's verdict ("guarded": a candidate the ensemble flags ranks after every one it passes).
+METHODS = ("siren", "srr", "guarded")
 
 
 @dataclass(frozen=True)
 class RankedCandidate:
     #: Position of the candidate in the input.
     index: int
-    #: Lower ranks first: the ensemble's harm score ("siren"), or the mean of the members' SRR risks ("srr").
+    #: Lower ranks first: the ensemble's harm score ("siren"), the mean of the members' SRR risks ("srr"), or that
+    #: mean plus 1 where the ensemble flags the pair ("guarded").
     score: float
     #: Each member's score of this candidate (its head's, or its ranker's); ``None`` where it failed.
     members: dict[str, float | None]
     errors: dict[str, str] = field(default_factory=dict)
+    #: "guarded" only: whether the ensemble flagged the (prompt, candidate) pair (a failed pair counts as flagged).
+    flagged: bool | None = None
 
     def to_dict(self) -> dict:
         row = {"index": self.index, "score": self.score, "members": self.members}
+        if self.flagged is not None:
+            row["flagged"] = self.flagged
         if self.errors:
             row["errors"] = self.errors
         return row
@@ -45,8 +51,10 @@ class RankResult:
 
 
 def ranked(method: str, scores: Sequence[float], members: Sequence[dict[str, float | None]],
-           errors: Sequence[dict[str, str]] | None = None) -> RankResult:
+           errors: Sequence[dict[str, str]] | None = None, flagged: Sequence[bool] | None = None) -> RankResult:
     errors = errors if errors is not None else [{} for _ in scores]
-    candidates = [RankedCandidate(index, float(score), dict(member_scores), dict(candidate_errors))
-                  for index, (score, member_scores, candidate_errors) in enumerate(zip(scores, members, errors))]
+    flagged = flagged if flagged is not None else [None for _ in scores]
+    candidates = [RankedCandidate(index, float(score), dict(member_scores), dict(candidate_errors), flag)
+                  for index, (score, member_scores, candidate_errors, flag)
+                  in enumerate(zip(scores, members, errors, flagged))]
     return RankResult(method, tuple(sorted(candidates, key=lambda candidate: (candidate.score, candidate.index))))

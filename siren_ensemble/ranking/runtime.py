@@ -45,13 +45,19 @@ def check_rank_request(prompt, candidates, method) -> None:
 
 
 def resolve_method(method: str, rankers: Mapping[str, SRRRanker]) -> str:
-    """``auto`` is ``srr`` when any member has a ranker, else ``siren``; ``srr`` without one is refused."""
+    """``auto`` is ``guarded`` when any member has a ranker, else ``siren``; ``srr`` or ``guarded`` without one is refused."""
     if method == AUTO:
-        return "srr" if rankers else "siren"
-    if method == "srr" and not rankers:
-        raise InputError(f"method 'srr': no member has a ranker ({RANKER_CONFIG_FILE} beside its head); train one with "
+        return "guarded" if rankers else "siren"
+    if method in ("srr", "guarded") and not rankers:
+        raise InputError(f"method {method!r}: no member has a ranker ({RANKER_CONFIG_FILE} beside its head); train one with "
                          "`siren-ensemble train-ranker`, or rank with method 'siren'")
     return method
+
+
+def guarded_scores(risks: Sequence[float], flagged: Sequence[bool]) -> np.ndarray:
+    """SRR risks (in [0, 1]) plus 1 where the ensemble flags the pair: every flagged candidate ranks after every
+    passed one, and the ranker orders each of the two sets (the helpful answer before a refusal, among the passed)."""
+    return np.asarray(risks, dtype=np.float64) + np.asarray(flagged, dtype=np.float64)
 
 
 def load_rankers(plans: Sequence[MemberPlan], backbones: Mapping[str, LoadedBackbone]) -> dict[str, SRRRanker]:

@@ -83,13 +83,14 @@ class RankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: StrictText
     candidates: list[StrictText] = Field(min_length=1)
-    method: Literal["auto", "siren", "srr"] = "auto"
+    method: Literal["auto", "siren", "srr", "guarded"] = "auto"
 
 
 class RankedCandidateBody(BaseModel):
     index: int
     score: float
     members: dict[str, float | None]
+    flagged: bool | None = None
     errors: dict[str, str] = {}
 
 
