@@ -19,7 +19,8 @@ from siren_ensemble.steering import attach, decoder_layers, steering
 from siren_ensemble.steering.directions import (DIRECTIONS_CONFIG_FILE, DIRECTIONS_WEIGHTS_FILE, SteeringDirections,
                                                 export_directions)
 from siren_ensemble.steering.language_model import InstructModel
-from siren_ensemble.steering.sweep import SweepOptions, held_out_prompts, render, run_sweep
+from siren_ensemble.steering.sweep import (SweepOptions, best_setting, distinct_bigram_share, held_out_prompts, render,
+                                           run_sweep)
 from siren_ensemble.testing import build_tiny_model, random_head
 from siren_ensemble.training.feature_cache import FeatureExtractor
 
@@ -302,6 +303,21 @@ def test_held_out_prompts_are_a_seeded_sample_of_the_split(synthetic_data):
         held_out_prompts(synthetic_data, "test", 10000, 2, seed=0)
 
 
+def test_a_looping_answer_is_not_fluent_even_at_a_low_perplexity():
+    assert distinct_bigram_share([5, 6, 7, 8]) == 1.0
+    assert distinct_bigram_share([9] * 11) == pytest.approx(0.1)
+
+    def setting(value, perplexity, distinct, harmful_refusal):
+        return {"lambda": value, "layers": [1], "perplexity": {"median": perplexity}, "distinct_bigrams": distinct,
+                "harmful_prompts": {"refusal_rate_phrases": harmful_refusal}, "benign_prompts": {"refusal_rate_phrases": 0.0}}
+
+    unsteered = setting(0.0, 2.0, 0.9, 0.0)
+    looping = setting(4.0, 1.5, 0.1, 0.5)    # more "refusals", a lower perplexity, but a loop
+    fluent = setting(2.0, 2.5, 0.85, 0.2)
+    assert best_setting([unsteered, looping, fluent], max_perplexity_ratio=2.0)["lambda"] == 2.0
+    assert best_setting([unsteered, looping], max_perplexity_ratio=2.0) is None
+
+
 def test_the_sweep_measures_every_setting_and_the_unsteered_model(instruct, directions, judge, synthetic_data):
     prompts = held_out_prompts(synthetic_data, "test", 2, 2, seed=0)
     options = SweepOptions(lambdas=(1.0, 4.0), layer_sets=((1,), (1, 2)), harmful=2, benign=2, max_new_tokens=4, batch_size=4)
@@ -311,6 +327,7 @@ def test_the_sweep_measures_every_setting_and_the_unsteered_model(instruct, dire
     assert set(unsteered["harmful_prompts"]) == {"refusal_rate_phrases", "safe_rate_ensemble"}
     assert set(unsteered["benign_prompts"]) == {"refusal_rate_phrases", "flagged_rate_ensemble"}
     assert len(unsteered["examples"]["harmful"]) == 2
+    assert unsteered["distinct_bigrams"] is None or 0 < unsteered["distinct_bigrams"] <= 1
     assert "unsteered" in render(report)
     with pytest.raises(InputError, match=f"layer {DEPTH}: out of range; the model has {DEPTH} decoder layers"):
         run_sweep(instruct, directions, judge, prompts, SweepOptions(layer_sets=((DEPTH,),)))
