@@ -119,7 +119,7 @@ def _measure(model: InstructModel, vectors, scale: float, judge: Ensemble, promp
     refused = [looks_like_refusal(item.response) for item in generations]
     flagged = [result.is_harmful for result in verdicts]
     return {
-        "harmful_prompts": {"refusal_rate_phrases": _rate(refused[:split]), "safe_rate_ensemble": 1.0 - _rate(flagged[:split])},
+        "harmful_prompts": {"refusal_rate_phrases": _rate(refused[:split]), "safe_rate_ensemble": round(1.0 - _rate(flagged[:split]), 4)},
         "benign_prompts": {"refusal_rate_phrases": _rate(refused[split:]), "flagged_rate_ensemble": _rate(flagged[split:])},
         "perplexity": {"median": _finite_median(perplexities), "mean": _finite_mean(perplexities)},
         "distinct_bigrams": _finite_mean([distinct_bigram_share(item.response_ids) for item in generations]),
