@@ -217,6 +217,16 @@ def test_generation_and_perplexity(instruct):
     assert [item.response_ids for item in generations] == [item.response_ids for item in one_by_one]  # left padding is masked
     perplexities = instruct.perplexities(generations)
     assert perplexities == pytest.approx(instruct.perplexities(one_by_one, batch_size=1), rel=1e-4)
+    # Only the answers' logits are computed; the result equals the perplexity from every position's logits.
+    for item, value in zip(generations, perplexities):
+        if not item.response_ids:
+            continue
+        ids = torch.tensor([item.prompt_ids + item.response_ids])
+        with torch.no_grad():
+            log_probabilities = torch.log_softmax(instruct.model(input_ids=ids).logits.float()[0, :-1], dim=-1)
+        count = len(item.response_ids)
+        nll = -log_probabilities[-count:].gather(-1, ids[0, -count:, None]).mean()
+        assert value == pytest.approx(float(torch.exp(nll)), rel=1e-4)
     with steering(instruct.model, {1: torch.randn(HIDDEN)}, 0.0):
         assert [item.response_ids for item in instruct.generate(prompts, max_new_tokens=5)] == \
                [item.response_ids for item in generations]

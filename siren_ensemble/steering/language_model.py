@@ -89,9 +89,13 @@ class InstructModel:
             input_ids, attention_mask = _left_padded(sequences, self.tokenizer.pad_token_id, self._device)
             # Positions count real tokens only, as generate() counted them under left padding.
             positions = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits.float()
+            # Left padding ends every row at the last column, so the answers sit in the last `kept - 1` columns: logits of
+            # those alone (a long prompt's logits over a 150k vocabulary would take gigabytes per batch).
+            kept = min(max(len(item.response_ids) for item in batch) + 1, input_ids.shape[1])
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                                logits_to_keep=kept).logits.float()
             log_probabilities = torch.log_softmax(logits[:, :-1], dim=-1)
-            token_log_probabilities = log_probabilities.gather(-1, input_ids[:, 1:, None])[..., 0]
+            token_log_probabilities = log_probabilities.gather(-1, input_ids[:, input_ids.shape[1] - kept + 1:, None])[..., 0]
             for row, item in enumerate(batch):
                 count = len(item.response_ids)
                 if not count:
