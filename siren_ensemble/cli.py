@@ -769,9 +769,10 @@ def train_ranker_command(config_path, member, data_path, out_dir, layers_text, e
 @click.option("--ranker", "rankers", multiple=True, metavar="MEMBER=DIR",
               help="Evaluate the ranker in DIR for MEMBER (repeat); default: the rankers beside the members' heads.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the full report as JSON here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of each ranker's pairwise accuracy per subset here.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the added refusals and of the random ranker.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
-def evaluate_ranker_command(config_path, data_path, split, rankers, out_path, seed, cache_dir):
+def evaluate_ranker_command(config_path, data_path, split, rankers, out_path, plot_path, seed, cache_dir):
     """Pairwise accuracy, top-1 rate and NDCG of a random ranker, the SIREN score and the SRR rankers, per source."""
     from pathlib import Path
 
@@ -788,6 +789,10 @@ def evaluate_ranker_command(config_path, data_path, split, rankers, out_path, se
                               cache_dir, progress=sys.stderr.isatty())
     if out_path:
         Path(out_path).write_text(json.dumps(report, indent=2) + "\n")
+    if plot_path:
+        from .evaluation.plots import ranking_bars
+
+        ranking_bars(report, plot_path)
     click.echo(render(report))
 
 

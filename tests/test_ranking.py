@@ -343,10 +343,12 @@ def test_train_ranker_and_evaluate_ranker_commands(tmp_path, config, ranking_dat
     summary = json.loads(result.stdout)
     assert summary["layers"] == [1, 2] and (out / RANKER_WEIGHTS_FILE).is_file()
     report_path = tmp_path / "report.json"
+    plot_path = tmp_path / "ranking.png"
     result = run("evaluate-ranker", "--config", config, "--data", ranking_data, "--ranker", f"tiny={out}", "--out", report_path,
-                 "--cache-dir", tmp_path / "cache")
+                 "--plot", plot_path, "--cache-dir", tmp_path / "cache")
     assert result.exit_code == 0, result.output
     assert "srr" in json.loads(report_path.read_text())["methods"]
+    assert plot_path.read_bytes().startswith(b"\x89PNG")
     result = run("train-ranker", "--config", config, "--member", "tinny", "--data", ranking_data, "--out", out)
     assert result.exit_code == 2 and "no member 'tinny'; did you mean 'tiny'?" in result.output
     result = run("evaluate-ranker", "--config", config, "--data", ranking_data, "--ranker", "tiny")

@@ -1,5 +1,5 @@
-"""PNG plots: ROC and precision-recall curves of every scorer, per-layer probe F1 of trained heads, and the
-layer analysis (probe F1 and cosine gap per layer)."""
+"""PNG plots: ROC and precision-recall curves of every scorer, per-layer probe F1 of trained heads, the layer
+analysis (probe F1 and cosine gap per layer), category confusion, steering sweeps and ranker comparisons."""
 
 from __future__ import annotations
 
@@ -150,4 +150,30 @@ def steering_tradeoff(report: dict, path: str | Path) -> Path:
     for axes in (tradeoff, fluency):
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
+    return _save(plt, figure, path)
+
+
+#: The rankers a ranking plot shows, in this order, where the report has them.
+RANKING_METHODS = ("random", "siren", "srr", "guarded")
+
+
+def ranking_bars(report: dict, path: str | Path) -> Path:
+    """An ``evaluate-ranker`` report: each ranker's pairwise accuracy on every subset, as grouped bars."""
+    plt = _pyplot()
+    methods = [name for name in RANKING_METHODS if name in report["methods"]]
+    subsets = list(report["methods"]["siren"])
+    figure, axes = plt.subplots(figsize=(max(8, 1.1 * len(subsets)), 4.5))
+    width = 0.8 / len(methods)
+    positions = np.arange(len(subsets))
+    for number, name in enumerate(methods):
+        values = [report["methods"][name][subset]["pairwise_accuracy"] or 0.0 for subset in subsets]
+        axes.bar(positions + (number - (len(methods) - 1) / 2) * width, values, width, label=name)
+    held_out = set(report.get("held_out_sources", ()))
+    axes.set_xticks(positions, [f"{subset}\n(held out)" if subset.removeprefix("source:") in held_out else subset
+                                for subset in subsets], rotation=30, ha="right", fontsize=8)
+    axes.set_ylim(0, 1.05)
+    axes.set_ylabel("pairwise accuracy")
+    axes.set_title(f"Rankers on {report['groups']} groups of the {report['split']} split")
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize=8, ncols=len(methods))
     return _save(plt, figure, path)
