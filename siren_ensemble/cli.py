@@ -7,10 +7,12 @@ import sys
 
 import click
 
+from .config import check_workers
 from .conversation import JUDGES
 from .data import defaults as data_defaults
 from .default_ensemble import DEFAULT_CONFIG
 from .errors import SirenError
+from .ranking.result import REQUESTED_METHODS
 from .serve.settings import API_KEY_ENV, ServeSettings
 
 EXIT_HARMFUL = 1
@@ -51,9 +53,10 @@ class _Workers(click.ParamType):
             workers = int(low) if not high else (int(low), int(high))
         except ValueError:
             self.fail(f"expected a number (2) or a range (1-4), got {value!r}", param, ctx)
-        if min(workers if isinstance(workers, tuple) else (workers,)) < 1 or (isinstance(workers, tuple) and workers[1] < workers[0]):
+        try:
+            return check_workers(workers)  # the config's rule, so a flag and a ray section accept the same values
+        except ValueError:
             self.fail(f"expected at least 1, and MIN <= MAX, got {value!r}", param, ctx)
-        return workers
 
 
 engine_option = click.option(
@@ -713,7 +716,7 @@ def serve(ctx, config_path, host, port, api_key, max_body_bytes, max_inputs, max
 @click.option("--prompt", required=True, help="The prompt the candidates answer.")
 @click.option("--candidates", "candidates_path", required=True,
               help='Candidate responses: a JSONL file of {"text"} or {"response"} lines, a file of plain lines, or - for stdin.')
-@click.option("--method", type=click.Choice(["auto", "siren", "srr", "guarded"]), default="auto", show_default=True,
+@click.option("--method", type=click.Choice(REQUESTED_METHODS), default="auto", show_default=True,
               help="siren: the ensemble score of each (prompt, candidate) pair; srr: the SRR rankers beside the members' heads; "
                    "guarded: srr, with every candidate the ensemble flags after those it passes; "
                    "auto: guarded where a member has a ranker, else siren.")

@@ -97,7 +97,7 @@ class ConversationConfig(_Strict):
     judge: Judge = "either"
 
 
-def _check_workers(value: int | tuple[int, int]) -> int | tuple[int, int]:
+def check_workers(value: int | tuple[int, int]) -> int | tuple[int, int]:
     low, high = (value, value) if isinstance(value, int) else value
     if low < 1 or high < low:
         raise ValueError(f"expected a number of at least 1, or [min, max] with 1 <= min <= max; got {value!r}")
@@ -105,7 +105,7 @@ def _check_workers(value: int | tuple[int, int]) -> int | tuple[int, int]:
 
 
 #: A fixed number of Ray workers, or [min, max]: a pool Ray grows and shrinks with the load.
-Workers = Annotated[int | tuple[int, int], AfterValidator(_check_workers)]
+Workers = Annotated[int | tuple[int, int], AfterValidator(check_workers)]
 
 
 class RayDataConfig(_Strict):

@@ -24,6 +24,11 @@ JUDGES: tuple[str, ...] = get_args(Judge)
 MAX_MESSAGES = 512
 
 
+def check_judge(judge: str, where: str = "judge") -> None:
+    if judge not in JUDGES:
+        raise InputError(f"{where}: expected one of {', '.join(JUDGES)}, got {judge!r}")
+
+
 @dataclass(frozen=True)
 class Message:
     role: Role
@@ -74,8 +79,7 @@ class Conversation:
 
     def judged_as(self, judge: str) -> "Conversation":
         """The same conversation, to be judged ``judge`` ("either", "context" or "last_turns")."""
-        if judge not in JUDGES:
-            raise InputError(f"judge: expected one of {', '.join(JUDGES)}, got {judge!r}")
+        check_judge(judge)
         return replace(self, judge=judge)
 
     def with_contents(self, contents: list[str]) -> "Conversation":

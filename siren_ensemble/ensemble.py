@@ -6,6 +6,7 @@ head's ``max_length`` share each forward pass.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from .backbones.base import BackboneSpec
 from .category_scores import CategoryCombination, CategoryVerdict
 from .config import BatchingConfig, EnsembleConfig, SlidingWindowConfig, load_config
-from .conversation import JUDGES, Conversation, ConversationReport
+from .conversation import Conversation, ConversationReport, check_judge
 from .conversation_encoding import EncodedConversation, encode_conversation
 from .decision import ENSEMBLE_ERROR_KEY, DecisionPath
 from .encoding import SpecialTokenLayout, encode_windows, plan_batches
@@ -218,8 +219,8 @@ class Ensemble:
         for index, text in enumerate(texts):
             if not isinstance(text, Conversation):
                 _check_string(f"texts[{index}]", text, allow_none=False)
-            elif text.judge is not None and text.judge not in JUDGES:
-                raise InputError(f"texts[{index}].judge: expected one of {', '.join(JUDGES)}, got {text.judge!r}")
+            elif text.judge is not None:
+                check_judge(text.judge, f"texts[{index}].judge")
         threshold = self._resolve_threshold(threshold)
         if not texts:
             return []
@@ -547,8 +548,11 @@ class _JudgedViews:
     judges: dict[int, str]
     #: Per "either" conversation (by input row): the row of its last turns in ``texts``.
     last_turns: dict[int, int]
-    #: The other way: per appended row of ``texts``, its input row.
-    appended_from: dict[int, int] = field(default_factory=dict)
+
+    @functools.cached_property
+    def appended_from(self) -> dict[int, int]:
+        """The other way: per appended row of ``texts``, its input row."""
+        return {appended: row for row, appended in self.last_turns.items()}
 
     @classmethod
     def of(cls, inputs: list[str | Conversation], default: str) -> "_JudgedViews":
@@ -564,7 +568,7 @@ class _JudgedViews:
             elif judge == "either":
                 last_turns[row] = len(texts)
                 texts.append(item.last_turns_text())
-        return cls(inputs, texts, judges, last_turns, {appended: row for row, appended in last_turns.items()})
+        return cls(inputs, texts, judges, last_turns)
 
     def origin(self, row: int) -> int:
         """The input row a scored row answers."""

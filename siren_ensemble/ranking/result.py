@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 #: Rank by the SIREN score of each (prompt, candidate) pair, by the SRR rankers beside the members' heads, or by
 #: the SRR rankers behind the ensemble's verdict ("guarded": a candidate the ensemble flags ranks after every one it passes).
-METHODS = ("siren", "srr", "guarded")
+Method = Literal["siren", "srr", "guarded"]
+METHODS: tuple[str, ...] = get_args(Method)
+#: What a caller may ask for: a method, or "auto" ("guarded" where a member has a ranker, else "siren").
+AUTO = "auto"
+RequestedMethod = Literal["auto", Method]
+REQUESTED_METHODS: tuple[str, ...] = (AUTO, *METHODS)
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,8 @@ from ..extraction import LoadedBackbone
 from ..members import MemberPlan
 from ..text import check_encodable, clean_text, join_prompt_response
 from .model import RANKER_CONFIG_FILE, SRRRanker, has_ranker
-from .result import METHODS
+from .result import AUTO, REQUESTED_METHODS
 
-AUTO = "auto"
 
 
 def check_rank_request(prompt, candidates, method) -> None:
@@ -40,8 +39,8 @@ def check_rank_request(prompt, candidates, method) -> None:
             check_encodable(text)
         except ValueError as error:
             raise InputError(f"{where}: {error}") from None
-    if method not in (AUTO, *METHODS):
-        raise InputError(f"method: expected one of {', '.join((AUTO, *METHODS))}, got {method!r}")
+    if method not in REQUESTED_METHODS:
+        raise InputError(f"method: expected one of {', '.join(REQUESTED_METHODS)}, got {method!r}")
 
 
 def resolve_method(method: str, rankers: Mapping[str, SRRRanker]) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
 from ..conversation import Judge
 from ..ensemble import EnsembleResult
+from ..ranking.result import RequestedMethod
 from ..taxonomy import OPENAI_KEYS
 
 StrictText = Annotated[str, Strict()]
@@ -83,7 +84,7 @@ class RankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: StrictText
     candidates: list[StrictText] = Field(min_length=1)
-    method: Literal["auto", "siren", "srr", "guarded"] = "auto"
+    method: RequestedMethod = "auto"
 
 
 class RankedCandidateBody(BaseModel):

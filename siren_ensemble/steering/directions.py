@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, Sequence, get_args
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ UNIT_TOLERANCE = 1e-3
 #: gap measured along the steering direction (where a few huge "massive activation" dimensions carry most of the
 #: gap, its whole norm is far longer than the distance between the classes along a probe direction).
 LambdaUnit = Literal["gap", "projected_gap", "absolute"]
-LAMBDA_UNITS: tuple[str, ...] = ("gap", "projected_gap", "absolute")
+LAMBDA_UNITS: tuple[str, ...] = get_args(LambdaUnit)
 
 
 class LayerDirections(BaseModel):

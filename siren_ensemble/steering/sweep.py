@@ -43,7 +43,8 @@ from .language_model import Generation, InstructModel
 class SweepOptions:
     lambdas: tuple[float, ...] = (2.0, 4.0, 8.0)
     layer_sets: tuple[tuple[int, ...], ...] = ()
-    #: ``gap``: lambda counts class gaps (each layer's ``mean_difference_norm``); ``absolute``: raw units of the state.
+    #: ``gap``: lambda counts class gaps (each layer's ``mean_difference_norm``); ``projected_gap``: the class gap
+    #: measured along the direction; ``absolute``: raw units of the state.
     lambda_unit: LambdaUnit = "gap"
     direction: Kind = "probe"
     harmful: int = 100
