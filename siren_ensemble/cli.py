@@ -162,6 +162,8 @@ def score(ctx, config_path, texts, input_path, prompt, response, threshold, outp
     if verbose:
         for name, choice in ensemble.precision.items():
             click.echo(f"{name}: dtype {choice.describe()}", err=True)
+        for name, support in ensemble.stream_support().items():
+            click.echo(f"{name}: stream {support.describe()}", err=True)
     inputs = [ensemble.conversation_input(record.conversation, window, judge) if record.conversation else record.text
               for record in records]
     results = ensemble.score_batch(inputs, threshold=threshold, progress=sys.stderr.isatty())
@@ -255,13 +257,15 @@ def validate(config_path):
     """Check a config, its heads and its backbones' configs without loading weights, scoring or running repository code."""
     from .config import load_config
     from .decision import DecisionPath
-    from .members import describe_plan, validate_plan
+    from .members import describe_plan, describe_streams_before_loading, validate_plan
 
     config = load_config(config_path)
     plans, _combiner = validate_plan(config, remote_code=False)
     DecisionPath.from_config(config, plans)  # the threshold, the calibration file, a cascade's bands against both
     click.echo(f"{config_path}: OK")
     click.echo(describe_plan(config, plans))
+    for line in describe_streams_before_loading(plans):
+        click.echo(line)
     for plan in plans:
         if plan.spec.trust_remote_code:
             click.echo(f"  {plan.name}: backbone config not read (trust_remote_code: validate runs no repository code)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,13 +27,13 @@ from .conversation_encoding import EncodedConversation, encode_conversation
 from .decision import ENSEMBLE_ERROR_KEY, DecisionPath
 from .encoding import SpecialTokenLayout, encode_windows, plan_batches
 from .errors import ConfigError, InputError, MemberError, SirenError
-from .extraction import LoadedBackbone, union_of
+from .extraction import LoadedBackbone, StreamSupport, union_of
 from .members import MemberPlan, plan_members, check_heads_against_backbones
 from .precision import DtypeChoice
 from .ranking.model import SRRRanker
 from .ranking.result import RankResult, ranked
 from .ranking.runtime import check_rank_request, guarded_scores, load_rankers, resolve_method, srr_risks
-from .streaming import EnsembleStream, PassStream
+from .streaming import EnsembleStream, PassStream, ReEncodingStreamWarning
 from .text import check_encodable, clean_text, join_prompt_response
 
 
@@ -159,6 +160,8 @@ class Ensemble:
             for stage in self.decision.stages
         ]
         self._lock = threading.Lock()
+        #: Members whose streams re-encode every chunk and have said so (once each).
+        self._warned_re_encoding: set[str] = set()
         #: The members' SRR rankers, loaded on the first ``rank`` call.
         self._rankers: dict[str, SRRRanker] | None = None
         for plan in plans:
@@ -273,7 +276,22 @@ class Ensemble:
         _check_string("prompt", prompt)
         threshold = self._resolve_threshold(threshold)
         with self._lock:  # the first stream probes each backbone: no other pass's hooks may be in place
-            return EnsembleStream(self, prompt, threshold)
+            stream = EnsembleStream(self, prompt, threshold)
+            self._warn_re_encoding(stream.support)
+        return stream
+
+    def stream_support(self) -> dict[str, StreamSupport]:
+        """Per member: whether its streams reuse the KV cache, and why not where they re-encode (probes each backbone once)."""
+        with self._lock:
+            return {name: shared.backbone.stream_support for shared in self._passes for name in self._names(shared)}
+
+    def _warn_re_encoding(self, support: dict[str, StreamSupport]) -> None:
+        """Say once per member, at its first stream, that its streams re-encode every chunk (a full pass each)."""
+        for name, member in support.items():
+            if not member.incremental and name not in self._warned_re_encoding:
+                self._warned_re_encoding.add(name)
+                warnings.warn(f"member {name!r} cannot stream incrementally, so every chunk re-encodes the whole text: "
+                              f"{member.reason}", ReEncodingStreamWarning, stacklevel=3)
 
     __call__ = score
 

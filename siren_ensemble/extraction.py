@@ -24,6 +24,28 @@ from .precision import INT8
 from .weights import ResolvedWeights
 
 PooledStates = dict[tuple[str, int], torch.Tensor]
+#: The keyword a model's ``forward`` takes its KV cache under, newest first: transformers 5.24 renamed
+#: ``past_key_values`` to ``cache`` (the old name lives on as a deprecated alias, absent from the signature).
+CACHE_KEYWORDS = ("cache", "past_key_values")
+
+
+@dataclass(frozen=True)
+class StreamSupport:
+    """How a backbone's streams run: from its KV cache (passed under ``cache_keyword``), or re-encoding, and why."""
+
+    incremental: bool
+    cache_keyword: str | None = None
+    #: Why a stream re-encodes the whole text on every chunk (``None`` when incremental).
+    reason: str | None = None
+
+    @classmethod
+    def no(cls, reason: str) -> "StreamSupport":
+        return cls(False, reason=reason)
+
+    def describe(self) -> str:
+        if self.incremental:
+            return f"incremental (KV cache passed as `{self.cache_keyword}`)"
+        return f"re-encodes the whole text on every chunk: {self.reason}"
 
 
 class _StopForward(Exception):
@@ -39,6 +61,24 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def union_of(requests: Iterable[FeatureRequest]) -> set[tuple[str, int]]:
     return {(request.pooling, layer) for request in requests for layer in request.layers}
+
+
+def stream_support_before_loading(spec: BackboneSpec, model_class: type) -> StreamSupport | None:
+    """What can be told of ``model_class``'s streams without weights: why they must re-encode, or ``None`` when
+    only the probe of a loaded model (causality, a cached pass equal to a full one) can tell."""
+    if spec.dtype == INT8:
+        # Each matmul quantises its input with one scale for all tokens: later tokens move earlier states.
+        return StreamSupport.no("int8 quantises each pass's activations as a whole, so states depend on later tokens")
+    if cache_keyword(model_class.forward) is None:
+        return StreamSupport.no(f"{model_class.__name__}.forward takes no KV cache "
+                                f"(no argument named {' or '.join(CACHE_KEYWORDS)})")
+    return None
+
+
+def cache_keyword(forward: Callable) -> str | None:
+    """The keyword ``forward`` takes a KV cache under, or ``None`` when it names none of ``CACHE_KEYWORDS``."""
+    parameters = inspect.signature(forward).parameters
+    return next((name for name in CACHE_KEYWORDS if name in parameters), None)
 
 
 @dataclass
@@ -80,21 +120,21 @@ class LoadedBackbone:
         return self.model.get_input_embeddings().weight.device
 
     @functools.cached_property
-    def streams_incrementally(self) -> bool:
-        """Whether a stream may reuse this backbone's KV cache: probed once, so any architecture answers.
+    def stream_support(self) -> "StreamSupport":
+        """Whether a stream may reuse this backbone's KV cache, and why not: probed once, so any architecture answers.
 
         It must be causal (changing the last token leaves earlier positions' states unchanged) and
         a cached pass over a sequence's tail must give the states a full pass gives.
         """
         from transformers import DynamicCache
 
-        if self.spec.dtype == INT8:
-            return False  # each matmul quantises its input with one scale for all tokens: later tokens move earlier states
-        if "past_key_values" not in inspect.signature(self.model.forward).parameters:
-            return False
+        unfit = stream_support_before_loading(self.spec, type(self.model))
+        if unfit is not None:
+            return unfit
+        keyword = cache_keyword(self.model.forward)
         ids = self.tokenizer("Is this backbone causal? It should be.", add_special_tokens=True)["input_ids"]
         if len(ids) < 4:
-            return False
+            return StreamSupport.no("its tokenizer gives too few tokens to probe causality")
         device = self.input_device
         other = ids[:-1] + [ids[-2]] if ids[-1] != ids[-2] else ids[:-1] + [ids[0]]
         try:
@@ -104,17 +144,20 @@ class LoadedBackbone:
                     for sequence in (ids, other)
                 )
                 cache = DynamicCache(config=self.model.config)
-                self.model(input_ids=torch.tensor([ids[:-2]], device=device), past_key_values=cache, use_cache=True)
+                self.model(input_ids=torch.tensor([ids[:-2]], device=device), use_cache=True, **{keyword: cache})
                 tail = self.model(
-                    input_ids=torch.tensor([ids[-2:]], device=device), past_key_values=cache, use_cache=True,
+                    input_ids=torch.tensor([ids[-2:]], device=device), use_cache=True, **{keyword: cache},
                     attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
                 ).last_hidden_state[0]
-        except Exception:  # an architecture whose forward does not take a cache this way
-            return False
-        causal = torch.allclose(full[:-1], changed[:-1], rtol=1e-3, atol=1e-3)
+        except Exception as error:  # an architecture whose forward does not take a cache this way
+            return StreamSupport.no(f"a cached forward pass failed: {type(error).__name__}: {error}")
+        if not torch.allclose(full[:-1], changed[:-1], rtol=1e-3, atol=1e-3):
+            return StreamSupport.no("it is not causal: a later token changes earlier positions' states")
         scale = float(full.abs().max()) or 1.0
-        cache_agrees = float((tail - full[-2:]).abs().max()) <= 2e-2 * scale
-        return causal and cache_agrees
+        gap = float((tail - full[-2:]).abs().max())
+        if gap > 2e-2 * scale:
+            return StreamSupport.no(f"a cached pass gives other states than a full pass (max difference {gap:.3g})")
+        return StreamSupport(True, keyword)
 
     def encode(self, texts: list[str], max_length: int) -> list[EncodedText]:
         return encode_texts(self.tokenizer, texts, max_length)

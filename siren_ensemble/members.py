@@ -139,6 +139,29 @@ def check_heads_against_backbones(plans: list[MemberPlan], remote_code: bool = T
             raise type(error)(f"{plan.where}: {error}") from None
 
 
+def describe_streams_before_loading(plans: list[MemberPlan]) -> list[str]:
+    """Per member, what its config tells of its streams without weights: why they will re-encode every chunk, or
+    that the probe of the loaded model decides (``score --verbose`` reports it). Skips ``trust_remote_code`` members."""
+    from transformers import MODEL_MAPPING
+
+    from .extraction import stream_support_before_loading
+
+    lines = []
+    for plan in plans:
+        if plan.spec.trust_remote_code:
+            continue
+        model_config = plan.adapter.load_config(plan.backbone_weights)
+        model_class = MODEL_MAPPING[type(model_config)] if type(model_config) in MODEL_MAPPING else None
+        if model_class is None:
+            lines.append(f"  {plan.name}: stream: decided when the model loads (score --verbose says how)")
+            continue
+        unfit = stream_support_before_loading(plan.spec, model_class)
+        lines.append(f"  {plan.name}: stream: " + (unfit.describe() if unfit is not None else
+                     f"{model_class.__name__} takes a KV cache; incremental if the loaded model proves causal "
+                     "(score --verbose says)"))
+    return lines
+
+
 def member_head_directory(member: MemberConfig, base_dir: Path) -> Path:
     """The directory of a member's head; from the hub, only the head's files and its category head's."""
     return head_directory(member.head, member.head_revision, base_dir,

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from .errors import InputError
-from .extraction import LoadedBackbone, PooledStates
+from .extraction import LoadedBackbone, PooledStates, StreamSupport
 from .text import join_prompt_response
 
 if TYPE_CHECKING:
@@ -52,6 +52,10 @@ class StreamClosedError(InputError):
     """A closed stream was fed."""
 
 
+class ReEncodingStreamWarning(UserWarning):
+    """A member's streams re-encode the whole text on every chunk (each chunk then costs a full pass)."""
+
+
 class EnsembleStream:
     """One response being scored chunk by chunk; a context manager that closes itself."""
 
@@ -62,8 +66,8 @@ class EnsembleStream:
         self._response = ""
         self._passes: list[PassStream] | None = [PassStream(shared) for shared in ensemble._passes]
         names = ensemble.member_names
-        self._incremental = {
-            names[position]: stream.incremental for stream in self._passes for position in stream.shared.member_positions
+        self._support = {
+            names[position]: stream.support for stream in self._passes for position in stream.shared.member_positions
         }
 
     @property
@@ -78,7 +82,12 @@ class EnsembleStream:
     @property
     def incremental(self) -> dict[str, bool]:
         """Per member: whether its backbone reuses earlier chunks' work (False: re-encodes every feed)."""
-        return dict(self._incremental)
+        return {name: support.incremental for name, support in self._support.items()}
+
+    @property
+    def support(self) -> dict[str, StreamSupport]:
+        """Per member: how its backbone streams, and why it re-encodes where it does."""
+        return dict(self._support)
 
     def feed(self, chunk: str) -> "EnsembleResult":
         """Append ``chunk`` to the response and score the prompt and the response so far."""
@@ -120,7 +129,8 @@ class PassStream:
 
     def __init__(self, shared: "_SharedPass"):
         self.shared = shared
-        self.incremental = shared.backbone.streams_incrementally
+        self.support = shared.backbone.stream_support
+        self.incremental = self.support.incremental
         self._pooler: IncrementalPooler | None = None
 
     def pooled(self, sequences: list[list[int]]) -> PooledStates:
@@ -143,7 +153,11 @@ class IncrementalPooler:
     """A causal backbone's KV cache and running per-layer sums for one growing token sequence."""
 
     def __init__(self, backbone: LoadedBackbone, wanted, keep: int | None = None, capacity: int = DEFAULT_CAPACITY):
+        support = backbone.stream_support
+        if not support.incremental:
+            raise ValueError(f"{backbone.spec.describe()} does not stream incrementally: {support.reason}")
         self.backbone = backbone
+        self._cache_keyword = support.cache_keyword
         self.wanted = frozenset(wanted)
         self.keep = ROLLBACK_POSITIONS if keep is None else keep
         #: The most tokens the stream will hold (the head's max_length): the KV buffers never grow past it.
@@ -265,7 +279,7 @@ class IncrementalPooler:
                 self.wanted, gather,
                 input_ids=torch.tensor([new_ids], dtype=torch.long, device=device),
                 attention_mask=torch.ones((1, total), dtype=torch.long, device=device),
-                past_key_values=self._cache, use_cache=True,
+                use_cache=True, **{self._cache_keyword: self._cache},
             )
         except BaseException:
             self._start_over()  # a half-updated cache must not be reused

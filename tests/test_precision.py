@@ -6,11 +6,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
+from transformers import LlamaModel
 
 from siren_ensemble import ConfigError, Ensemble, precision
 from siren_ensemble.cli import cli
 from siren_ensemble.config import EnsembleConfig, MemberConfig
+from siren_ensemble.extraction import cache_keyword
 from siren_ensemble.members import adapter_for
+from siren_ensemble.streaming import ReEncodingStreamWarning
 
 from .conftest import DEPTH, TEXTS
 
@@ -97,11 +100,16 @@ def test_auto_on_a_native_bf16_cpu_loads_bf16_and_every_report_says_so(tiny_mode
     assert validated.exit_code == 0, validated.output
     assert "    dtype: bfloat16 (auto: CPU has avx512_bf16)" in validated.stdout.splitlines()
     assert "    dtype: float32 (set in the config)" in validated.stdout.splitlines()
+    assert "  llama: stream: LlamaModel takes a KV cache; incremental if the loaded model proves causal " \
+           "(score --verbose says)" in validated.stdout.splitlines()
 
     scored = CliRunner().invoke(cli, ["score", "--verbose", "--config", str(path), "hello", "there"])
     assert scored.exit_code == 0, scored.output
+    keyword = cache_keyword(LlamaModel.forward)  # `cache` from transformers 5.24 on, `past_key_values` before
     assert scored.stderr.splitlines() == ["llama: dtype bfloat16 (auto: CPU has avx512_bf16)",
-                                          "qwen3: dtype float32 (set in the config)"]
+                                          "qwen3: dtype float32 (set in the config)",
+                                          f"llama: stream incremental (KV cache passed as `{keyword}`)",
+                                          f"qwen3: stream incremental (KV cache passed as `{keyword}`)"]
     assert [set(json.loads(line)) >= {"score", "members"} for line in scored.stdout.splitlines()] == [True, True]
 
 
@@ -130,7 +138,9 @@ def test_int8_quantises_every_linear_layer_and_scores_close_to_float32(tiny_mode
             pooled = backbone_model.pooled_states([[1, 5, 9, 12]], ensemble._passes[0].wanted)
             assert {tensor.dtype for tensor in pooled.values()} == {torch.float32}
             assert ensemble.precision["m"].dtype == "int8"
-            with ensemble.stream("Q") as stream:  # not exactly causal: streams re-encode
+            with pytest.warns(ReEncodingStreamWarning, match="member 'm' cannot stream incrementally.*int8"):
+                stream = ensemble.stream("Q")
+            with stream:  # not exactly causal: streams re-encode
                 assert stream.incremental == {"m": False}
                 streamed = [result.score for result in stream.feed_many([" the sea", " and", " the wind"])]
             # One activation scale per matmul spans the whole batch: a text's int8 score moves slightly with its batch.

@@ -1,10 +1,13 @@
 """Streams score exactly what a full re-encode of the prompt and the response so far scores."""
 
+import warnings
+
 import pytest
 
 from siren_ensemble import Ensemble, SirenError
 from siren_ensemble import streaming
-from siren_ensemble.streaming import StreamClosedError
+from siren_ensemble.extraction import CACHE_KEYWORDS, cache_keyword
+from siren_ensemble.streaming import ReEncodingStreamWarning, StreamClosedError
 
 from .conftest import DEPTH
 
@@ -133,6 +136,27 @@ def test_each_chunk_costs_only_its_new_tokens(tiny_models, write_head, write_con
         assert final_length <= pooler.tokens_run <= final_length + 3 * len(chunks)
 
 
+@pytest.mark.parametrize("architecture,backbone", [("llama", "llama3"), ("qwen3", "qwen3"), ("qwen2", "hf"), ("gpt2", "hf")])
+def test_causal_backbones_never_silently_stop_streaming_incrementally(tiny_models, write_head, write_config, architecture,
+                                                                      backbone):
+    """Guards the installed transformers: a renamed cache argument once made every stream re-encode without a word."""
+    ensemble = ensemble_for(write_head, write_config, tiny_models[architecture], backbone, layers=[0, DEPTH - 1])
+    model = ensemble._passes[0].backbone.model
+    support = ensemble.stream_support()["m"]
+    assert support.incremental, support.reason
+    assert support.cache_keyword in CACHE_KEYWORDS and support.cache_keyword == cache_keyword(model.forward)
+    chunks = [f" word{index} and more" for index in range(12)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReEncodingStreamWarning)
+        with ensemble.stream("A prompt.") as stream:
+            for chunk in chunks:
+                stream.feed(chunk)
+            pooler = stream._passes[0]._pooler
+            assert pooler is not None, "the stream re-encoded instead of keeping a KV cache"
+            assert len(pooler.ids) <= pooler.tokens_run <= len(pooler.ids) + 3 * len(chunks)
+            assert pooler.steps_run == len(chunks)
+
+
 @pytest.mark.parametrize("together", [1, 2, 6])
 def test_divergence_beyond_the_rollback_window_starts_over_and_stays_exact(tiny_models, write_head, write_config, monkeypatch,
                                                                           together):
@@ -180,8 +204,14 @@ def test_several_members_and_backbones_in_one_stream(tiny_models, write_head, wr
 
 def test_encoder_backbones_re_encode_and_say_so(tiny_models, write_head, write_config):
     ensemble = ensemble_for(write_head, write_config, tiny_models["bert"], "hf", layers=[0, 2])
-    with ensemble.stream("Q") as stream:
+    with pytest.warns(ReEncodingStreamWarning, match="member 'm' cannot stream incrementally.*not causal"):
+        stream = ensemble.stream("Q")
+    with stream:
         assert stream.incremental == {"m": False}
+        assert "not causal" in stream.support["m"].reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per member, not at every stream
+        ensemble.stream("Q").close()
     assert_stream_matches_rescoring(ensemble, "Q", CHUNKS[:8])
     assert_stream_matches_rescoring(ensemble, "Q", CHUNKS[:8], together=4)  # re-encoded as one batch
 
