@@ -524,27 +524,49 @@ def evaluate_conversations_command(config_path, data_path, window, out_path):
               help="Cascade combiner: share of validation verdicts that must equal running every member's.")
 @click.option("--per-category", is_flag=True,
               help="Also pick each harm category's threshold (best validation F1) for `category_thresholds:` (needs category heads).")
+@click.option("--out-of-source", is_flag=True,
+              help="Choose on train + validation scores from members refitted without each record's source (stages 1 and 2 "
+                   "and calibration, per fold of held-out sources, from the feature cache): the median harmful source "
+                   "(--per-source: every one) reaches the target.")
+@click.option("--source-folds", type=click.IntRange(2), default=5, show_default=True,
+              help="With --out-of-source: folds of held-out sources (each refits every member once).")
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
+              help="With --out-of-source: processes for the refits' layer probes (same result).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="Write the whole report (per source, per kind, the held-out folds) as JSON.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
 def calibrate(config_path, data_path, target_recall, per_source, min_source_harmful, method, calibration_out, write_config,
-              cascade_tolerance, cascade_min_agreement, per_category, cache_dir):
+              cascade_tolerance, cascade_min_agreement, per_category, out_of_source, source_folds, jobs, report_path, cache_dir):
     """Pick the threshold that reaches --target-recall on validation data and report the FPR it costs.
 
     With the cascade combiner, also fit each stage's bands (low/high) at that threshold: the widest that keep the
     cascade within --cascade-tolerance of running every member (see docs/cascade.md)."""
     from .evaluation.calibrate import calibrate as run_calibration, write_calibrated_config
     from .evaluation.cascade_bands import BandRule
+    from .evaluation.out_of_source import RefitOptions
 
     rule = BandRule(max_recall_loss=cascade_tolerance, max_fpr_rise=cascade_tolerance, min_agreement=cascade_min_agreement)
     report = run_calibration(config_path, data_path, target_recall, per_source, method, calibration_out, cache_dir,
                              progress=sys.stderr.isatty(), min_source_harmful=min_source_harmful, band_rule=rule,
-                             per_category=per_category)
+                             per_category=per_category, out_of_source=out_of_source, source_folds=source_folds,
+                             refit=RefitOptions(jobs=jobs))
     categories = report["categories"]
     if write_config:
         write_calibrated_config(config_path, write_config, report["threshold"], calibration_out if method else None,
                                 report["cascade"], categories["category_thresholds"] if categories else None)
         report["written_config"] = write_config
-    summary = {key: report[key] for key in ("threshold", "target_recall", "worst_recall_source", "worst_fpr_source", "calibration")}
+    if report_path:
+        from pathlib import Path
+
+        Path(report_path).write_text(json.dumps(report, indent=2) + "\n")
+    summary = {key: report[key] for key in ("threshold", "target_recall", "chosen_on", "worst_recall_source", "worst_fpr_source",
+                                            "calibration")}
     summary.update({"recall": report["validation"]["recall"], "fpr": report["validation"]["fpr"]})
+    if report["out_of_source"] is not None:
+        held = report["out_of_source"]
+        summary["out_of_source"] = {"expected_recall_unseen_source": held["expected_recall_unseen_source"],
+                                    "recall": held["overall"]["recall"], "fpr": held["overall"]["fpr"],
+                                    "worst_fpr_source": max(held["fpr_by_source"].items(), key=lambda item: item[1], default=None)}
     if report["cascade"] is not None:
         summary["cascade"] = report["cascade"]
     if categories:

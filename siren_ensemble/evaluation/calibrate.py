@@ -5,12 +5,18 @@ validation data), and the threshold is chosen on the calibrated score. With ``pe
 threshold is the lowest of the per-source thresholds, so every source with at least
 ``min_source_harmful`` harmful records reaches the target (smaller sources are too noisy to set a
 threshold: one record moves their recall by several points); the report names the worst source.
+
+With ``out_of_source``, the threshold and bands are chosen instead on train + validation scores from
+members refitted without each record's source (``out_of_source.py``): harmful text from a source the
+heads never saw scores lower than validation suggests, and that is what a deployment meets. The
+threshold is then the one at which the median harmful source (``per_source``: every one) reaches
+the target; the validation numbers at that threshold stay in the report beside the held-out ones.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +29,22 @@ from ..members import validate_plan
 from ..calibration import Method, fit_calibration
 from ..decision import DecisionPath
 from ..weights import is_local, is_packaged
-from .cascade_bands import BandRule, fit_bands
+from .cascade_bands import BandRule, CascadeFit, fit_bands
 from .categories import calibrate_categories
 from .metrics import binary_metrics, threshold_for_recall
+from .out_of_source import DEFAULT_SOURCE_FOLDS, RefitOptions, out_of_source_scores, source_summary, threshold_for_source_recall
 from .scoring import FeatureScorer
 
 
 def calibrate(config_path: str | Path, data: str | Path, target_recall: float, per_source: bool = False,
               method: Method | None = None, calibration_out: str | Path | None = None,
               cache_dir: str | Path | None = None, progress: bool = False, min_source_harmful: int = 20,
-              band_rule: BandRule = BandRule(), per_category: bool = False) -> dict:
+              band_rule: BandRule = BandRule(), per_category: bool = False, out_of_source: bool = False,
+              source_folds: int = DEFAULT_SOURCE_FOLDS, refit: RefitOptions = RefitOptions()) -> dict:
+    """The threshold (and a cascade's bands) reaching ``target_recall``, chosen on validation scores, or with
+    ``out_of_source`` on train + validation scores from members refitted without each record's source (the median
+    harmful source reaching the target; with ``per_source`` every source). The in-distribution numbers at the
+    chosen threshold stay in the report (``validation``)."""
     if not 0.0 < target_recall <= 1.0:
         raise InputError(f"--target-recall: must be in (0, 1], got {target_recall}")
     config = _config_without_bands(config_path)
@@ -46,6 +58,9 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
         raise InputError(f"{data}: the validation data has no harmful records to set a recall threshold on")
     if method is not None and calibration_out is None:
         raise InputError("--method needs --calibration-out, where the fitted mapping is written")
+    if method is not None and out_of_source:
+        raise InputError("--method fits a calibration on validation scores; --out-of-source chooses on refitted "
+                         "members' scores: use one of the two")
     scorer = FeatureScorer(config, plans, cache_dir, progress)
     member_scores = scorer.member_scores(records, "validation features")
     # Without bands a cascade decides every text at its last stage: every member's combined score.
@@ -63,16 +78,21 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
         path = replace(path, calibration=calibration)
 
     sources = np.array([record.source for record in records])
-    per_source_threshold = {
-        source: threshold_for_recall(labels[sources == source], scores[sources == source], target_recall)
-        for source in sorted(set(sources.tolist())) if labels[sources == source].sum() >= min_source_harmful
-    }
-    threshold = threshold_for_recall(labels, scores, target_recall)
-    if per_source:
-        threshold = min([threshold, *per_source_threshold.values()])
-    cascade = None
-    if path.staged:
-        cascade = fit_bands(path, member_scores, labels, threshold, band_rule)
+    held_out = None
+    if out_of_source:
+        held_out = _choose_out_of_source(scorer, plans, path, data, target_recall, per_source, min_source_harmful,
+                                         band_rule, source_folds, refit)
+        threshold, per_source_threshold, cascade = held_out.threshold, held_out.per_source_threshold, held_out.cascade
+    else:
+        per_source_threshold = {
+            source: threshold_for_recall(labels[sources == source], scores[sources == source], target_recall)
+            for source in sorted(set(sources.tolist())) if labels[sources == source].sum() >= min_source_harmful
+        }
+        threshold = threshold_for_recall(labels, scores, target_recall)
+        if per_source:
+            threshold = min([threshold, *per_source_threshold.values()])
+        cascade = fit_bands(path, member_scores, labels, threshold, band_rule) if path.staged else None
+    if cascade is not None:
         scores = path.with_bands(cascade.bands).scores(member_scores)  # what the written config decides
     by_source = {source: binary_metrics(labels[sources == source], scores[sources == source], threshold).to_dict()
                  for source in sorted(set(sources.tolist()))}
@@ -80,6 +100,7 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
     benign_sources = {source: m["fpr"] for source, m in by_source.items() if m["fpr"] is not None}
     return {
         "config": str(config_path), "data": str(data), "target_recall": target_recall, "per_source": per_source,
+        "chosen_on": "out_of_source" if out_of_source else "validation",
         "calibration": None if calibration is None else {"method": method, "path": str(calibration_out)},
         "threshold": threshold,
         "validation": binary_metrics(labels, scores, threshold).to_dict(),
@@ -88,8 +109,50 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
         "per_source_threshold": per_source_threshold,
         "per_source_metrics": by_source,
         "cascade": None if cascade is None else cascade.to_dict(),
+        "out_of_source": None if held_out is None else held_out.report,
         "categories": calibrate_categories(config, plans, scorer, records) if per_category else None,
     }
+
+
+@dataclass
+class _OutOfSourceChoice:
+    threshold: float
+    per_source_threshold: dict[str, float]
+    cascade: CascadeFit | None
+    report: dict
+
+
+def _choose_out_of_source(scorer: FeatureScorer, plans, path: DecisionPath, data, target_recall: float, every_source: bool,
+                          min_source_harmful: int, band_rule: BandRule, folds: int, refit: RefitOptions) -> _OutOfSourceChoice:
+    """The threshold and bands chosen on out-of-source scores, and what they give there: overall, per held-out
+    source and per kind of input (prompt alone, prompt and response)."""
+    held = out_of_source_scores(scorer, plans, read_dataset(data, "train"), read_dataset(data, "validation"), folds, refit)
+    # Each fold refitted its own member calibrations: the scores are on the shared scale already.
+    held_path = replace(path, member_calibrations=(None,) * len(plans))
+    combined = held_path.scores(held.member_scores)
+    threshold, per_source_threshold = threshold_for_source_recall(held.labels, combined, held.sources, target_recall,
+                                                                  every_source, min_source_harmful)
+    cascade = fit_bands(held_path, held.member_scores, held.labels, threshold, band_rule) if held_path.staged else None
+    if cascade is not None:
+        combined = held_path.with_bands(cascade.bands).scores(held.member_scores)
+    kinds = np.array([record.level for record in held.records])
+    by_kind = {}
+    for kind in sorted(set(kinds.tolist())):
+        rows = kinds == kind
+        try:
+            own = round(threshold_for_source_recall(held.labels[rows], combined[rows], held.sources[rows], target_recall,
+                                                    every_source, min_source_harmful)[0], 6)
+        except InputError:  # no source of this kind has enough harmful records to have a say
+            own = None
+        by_kind[kind] = {"threshold_by_the_same_rule": own,
+                         **source_summary(held.labels[rows], combined[rows], held.sources[rows], threshold, min_source_harmful)}
+    return _OutOfSourceChoice(threshold, per_source_threshold, cascade, {
+        "folds": [list(fold) for fold in held.folds],
+        "rule": "every harmful source reaches the target" if every_source else "the median harmful source reaches the target",
+        "records": int(len(held.labels)), "harmful": int(held.labels.sum()),
+        **source_summary(held.labels, combined, held.sources, threshold, min_source_harmful),
+        "by_kind": by_kind,
+    })
 
 
 def _config_without_bands(config_path: str | Path) -> EnsembleConfig:
