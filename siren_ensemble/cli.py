@@ -207,7 +207,9 @@ def _output_row(record, result) -> dict:
 def _print_table(rows, records, member_names) -> None:
     staged = any("decided_by" in row for row in rows)
     categorised = any("top_category" in row for row in rows)
-    header = ["#", "score", "harmful", *(["stage"] if staged else []), *(["category"] if categorised else []), *member_names, "text"]
+    unvalidated = any(row.get("unvalidated_language") for row in rows)
+    header = ["#", "score", "harmful", *(["stage"] if staged else []), *(["category"] if categorised else []),
+              *(["language"] if unvalidated else []), *member_names, "text"]
     lines = []
     for index, (row, record) in enumerate(zip(rows, records)):
         label = row.get("id", row.get("line", index + 1))
@@ -219,6 +221,9 @@ def _print_table(rows, records, member_names) -> None:
         ]
         stage_cell = [str(row.get("decided_by", "-"))] if staged else []
         stage_cell += [row.get("top_category") or "-"] if categorised else []
+        # The language column appears when a text is in an unvalidated one: it says why such a text is flagged.
+        stage_cell += [f"{row['language']} (unvalidated)" if row.get("unvalidated_language") else row.get("language") or "-"] \
+            if unvalidated else []
         # backslashreplace: a lone surrogate (scored as a per-text error) cannot be printed as it is
         preview = " ".join(record.text.split()).encode("utf-8", "backslashreplace").decode("utf-8")
         preview = preview if len(preview) <= 48 else preview[:45] + "..."

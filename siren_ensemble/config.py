@@ -97,6 +97,21 @@ class ConversationConfig(_Strict):
     judge: Judge = "either"
 
 
+class LanguagesConfig(_Strict):
+    """What happens to text in a language the heads were not validated on (docs/languages.md has the measurements)."""
+
+    #: Languages (ISO 639 codes, as the language-ID model names them) whose recall and FPR were measured.
+    validated: list[str] = ["en"]
+    #: flag: such text is flagged (``is_harmful``; the heads' own score is kept), a guard failing closed on what it
+    #: cannot read | score: the heads decide as for any text. Either way the result names the language.
+    unvalidated: Literal["flag", "score"] = "flag"
+    #: A text counts as written in a language only when the language-ID model is this sure of it ...
+    min_confidence: float = Field(0.8, ge=0, le=1, allow_inf_nan=False)
+    #: ... and, in the Latin script, it has at least this many letters: shorter ones are misread too often ("Will you
+    #: die" -> German); text in another script (Devanagari, Cyrillic, Han, ...) needs two.
+    min_letters: int = Field(20, ge=0)
+
+
 def check_workers(value: int | tuple[int, int]) -> int | tuple[int, int]:
     low, high = (value, value) if isinstance(value, int) else value
     if low < 1 or high < low:
@@ -151,6 +166,7 @@ class EnsembleConfig(_Strict):
     #: Harm category -> threshold on its ensemble score (``calibrate --per-category``); unlisted ones use 0.5.
     category_thresholds: dict[str, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] = {}
     conversation: ConversationConfig = ConversationConfig()
+    languages: LanguagesConfig = LanguagesConfig()
     ray: RayConfig = RayConfig()
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)

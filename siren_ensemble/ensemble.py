@@ -28,6 +28,7 @@ from .decision import ENSEMBLE_ERROR_KEY, DecisionPath
 from .encoding import SpecialTokenLayout, encode_windows, plan_batches
 from .errors import ConfigError, InputError, MemberError, SirenError
 from .extraction import LoadedBackbone, StreamSupport, union_of
+from .language import LanguagePolicy
 from .members import MemberPlan, plan_members, check_heads_against_backbones
 from .precision import DtypeChoice
 from .ranking.model import SRRRanker
@@ -57,10 +58,19 @@ class EnsembleResult:
     categories: CategoryVerdict | None = None
     #: For a conversation: which turns were read (``truncated`` then says whether the judged turns were cut).
     conversation: ConversationReport | None = None
+    #: The language the text is written in, when the language-ID model is sure of it (config ``languages``).
+    language: str | None = None
+    #: Written in a language the heads were not validated on; under ``languages.unvalidated: flag`` such a text is
+    #: flagged whatever its ``score`` (the heads' own).
+    unvalidated_language: bool = False
 
     def to_dict(self) -> dict:
         data = asdict(self)
         del data["categories"]
+        if self.language is None:
+            del data["language"]
+        if not self.unvalidated_language:
+            del data["unvalidated_language"]
         if not self.errors:
             del data["errors"]
         if self.decided_by is None:
@@ -160,6 +170,8 @@ class Ensemble:
             for stage in self.decision.stages
         ]
         self._lock = threading.Lock()
+        #: What happens to text in a language the heads were not validated on.
+        self.languages = LanguagePolicy.from_config(config.languages)
         #: Members whose streams re-encode every chunk and have said so (once each).
         self._warned_re_encoding: set[str] = set()
         #: The members' SRR rankers, loaded on the first ``rank`` call.
@@ -230,7 +242,9 @@ class Ensemble:
         views = _JudgedViews.of(list(texts), self.config.conversation.judge)
         member_scores = self._member_scores(views.texts, progress,
                                             None if abandoned is None else lambda row: abandoned(views.origin(row)))
-        return views.merge(self._combine(member_scores, threshold, views.label))
+        results = views.merge(self._combine(member_scores, threshold, views.label))
+        return self._judge_languages([text.last_turns_text() if isinstance(text, Conversation) else text for text in texts],
+                                     results)
 
     def conversation_input(self, messages: Sequence[dict] | Conversation, window: int | None = None,
                            judge: str | None = None) -> Conversation:
@@ -444,6 +458,21 @@ class Ensemble:
                 failed[row] = True
         return failed
 
+    def decided_at(self, result: EnsembleResult, threshold: float) -> EnsembleResult:
+        """``result`` decided at another threshold (the service's per-request override of a batch scored at the
+        config's): its score against ``threshold``, and the language rule as before."""
+        return replace(result, threshold=threshold, is_harmful=result.score >= threshold or self._flagged_by_language(result))
+
+    def _flagged_by_language(self, result: EnsembleResult) -> bool:
+        return result.unvalidated_language and self.languages.flag_unvalidated
+
+    def _judge_languages(self, texts: list[str], results: list[EnsembleResult]) -> list[EnsembleResult]:
+        """Each result with the language of its text; one in a language the heads were not validated on is flagged
+        under ``languages.unvalidated: flag``."""
+        judged = [replace(result, language=reading.language, unvalidated_language=reading.unvalidated)
+                  for result, reading in zip(results, self.languages.read(texts))]
+        return [replace(result, is_harmful=result.is_harmful or self._flagged_by_language(result)) for result in judged]
+
     def _names(self, shared: _SharedPass) -> list[str]:
         return [self.member_names[position] for position in shared.member_positions]
 
@@ -459,7 +488,7 @@ class Ensemble:
                     break
                 for index, shared in passes:
                     self._stream_pass(streams[index], shared, cleaned, live, state)
-        return self._combine(state, threshold)
+        return self._judge_languages(texts, self._combine(state, threshold))
 
     def _stream_pass(self, stream: PassStream, shared: _SharedPass, cleaned: list[str | None], live: list[int],
                      state: _MemberScores) -> None:

@@ -30,6 +30,7 @@ from ..data.records import SPLITS, SafetyRecord, read_dataset
 from ..decision import DEFAULT_THRESHOLD, DecisionPath
 from ..errors import InputError
 from ..members import MemberPlan, validate_plan
+from .languages import language_report
 from ..training.crossfit import record_groups
 from ..training.pipeline import REPORT_FILE
 from . import baselines, plots
@@ -139,6 +140,9 @@ def evaluate(config_path: str | Path, data: str | Path, options: EvaluateOptions
     }
     if own.staged and len(plans) > 1:
         report["cascade"] = _cascade_report(own, config, evaluated, outputs)
+    configured = outputs["ensemble (config)" if len(plans) > 1 else f"member {plans[0].name}"]
+    report["languages"] = language_report(config.languages, evaluated.records, evaluated.labels, configured.scores,
+                                          configured.threshold)
     if options.record_scores:
         report["record_scores"] = {name: scored.scores.tolist() for name, scored in outputs.items()}
     if options.examples:

@@ -52,6 +52,11 @@ def render(report: dict) -> str:
              source_table({name: result["per_source"] for name, result in report["scorers"].items()})]
     if report.get("cascade"):
         parts += ["", f"## Cascade ({report.get('split') or 'data'})", cascade_table(report["cascade"])]
+    if report.get("languages"):
+        from .languages import language_table
+
+        parts += ["", f"## Languages ({report.get('split') or 'data'}; runtime: the `languages` rule applied)",
+                  language_table(report["languages"])]
     loso = report.get("leave_one_source_out")
     if loso:
         by_scorer: dict[str, dict] = {}

@@ -127,12 +127,16 @@ class SirenDetails(BaseModel):
     harm_categories: dict[str, float] | None = None
     #: With category heads: the highest-scoring OpenAI key of a flagged text.
     top_category: str | None = None
+    #: The language the text is written in, when the language-ID model is sure of it.
+    language: str | None = None
+    #: Written in a language the heads were not validated on (flagged under the config's ``languages.unvalidated: flag``).
+    unvalidated_language: bool | None = None
 
     @model_serializer(mode="wrap")
-    def _categories_only_with_category_heads(self, handler):
-        # Without category heads the answer stays as it was: the two fields are left out, not null.
+    def _optional_fields_only_when_set(self, handler):
+        # Without category heads, or a language read, the answer stays as it was: the fields are left out, not null.
         data = handler(self)
-        for name in ("harm_categories", "top_category"):
+        for name in ("harm_categories", "top_category", "language", "unvalidated_language"):
             if name not in self.model_fields_set:
                 data.pop(name, None)
         return data
@@ -161,6 +165,8 @@ def moderation_result(result: EnsembleResult) -> ModerationResult:
     applied = {name: ["text"] if name in judged_scores else [] for name in OPENAI_CATEGORIES} | {HARM_CATEGORY: ["text"]}
     details = {} if verdict is None else {"harm_categories": verdict.scores,
                                           "top_category": verdict.top_category(result.is_harmful)}
+    if result.language is not None:
+        details |= {"language": result.language, "unvalidated_language": result.unvalidated_language}
     return ModerationResult(
         flagged=result.is_harmful, categories=categories, category_scores=scores, category_applied_input_types=applied,
         siren=SirenDetails(score=result.score, threshold=result.threshold, members=result.members,

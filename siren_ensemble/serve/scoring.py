@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 from typing import Any, Callable, Protocol
 
 from ..ensemble import Ensemble, EnsembleResult
@@ -73,8 +72,8 @@ class Scorer:
             reason = _reason(error, self.settings)
             results = [self.policy_result(reason, threshold) for _ in texts]
         else:
-            # The batch was scored at the ensemble's threshold; the decision is score >= threshold.
-            results = [replace(result, threshold=threshold, is_harmful=result.score >= threshold) for result in results]
+            # The batch was scored at the ensemble's threshold; each request's own decides it again.
+            results = [self.ensemble.decided_at(result, threshold) for result in results]
         self.metrics.record_verdicts(results)
         return results
 
