@@ -136,6 +136,18 @@ def trained_heads(tiny_models, synthetic_data, tmp_path_factory) -> dict:
     return heads
 
 
+@pytest.fixture
+def two_member_config(trained_heads, tiny_models, write_config):
+    """A mean ensemble of the two heads trained on the synthetic split."""
+    return write_config({
+        "members": [
+            {"name": "llama", "backbone": "llama3", "model": str(tiny_models["llama"]), "head": str(trained_heads["llama"])},
+            {"name": "qwen3", "backbone": "qwen3", "model": str(tiny_models["qwen3"]), "head": str(trained_heads["qwen3"])},
+        ],
+        "combiner": {"type": "mean"},
+    })
+
+
 @pytest.fixture(scope="session")
 def risk_word_data(tmp_path_factory) -> Path:
     """300/100/200 texts of random neutral words, half of them with one risk word inserted."""

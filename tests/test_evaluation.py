@@ -20,17 +20,6 @@ from siren_ensemble.evaluation.metrics import binary_metrics
 from siren_ensemble.evaluation.tables import render
 
 
-@pytest.fixture
-def two_member_config(trained_heads, tiny_models, write_config):
-    return write_config({
-        "members": [
-            {"name": "llama", "backbone": "llama3", "model": str(tiny_models["llama"]), "head": str(trained_heads["llama"])},
-            {"name": "qwen3", "backbone": "qwen3", "model": str(tiny_models["qwen3"]), "head": str(trained_heads["qwen3"])},
-        ],
-        "combiner": {"type": "mean"},
-    })
-
-
 def test_evaluate_reports_members_combiners_baselines_and_loso(two_member_config, synthetic_data, trained_heads, tmp_path):
     report = evaluate(two_member_config, synthetic_data, EvaluateOptions(), cache_dir=trained_heads["cache"], plots_dir=tmp_path / "plots")
     scorers = report["scorers"]

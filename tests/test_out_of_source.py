@@ -83,17 +83,6 @@ def test_the_median_rule_keeps_half_the_sources_at_the_target_and_the_every_rule
     assert min(source_summary(labels, scores, sources, every, 20)["recall_by_source"].values()) >= 0.95
 
 
-@pytest.fixture
-def two_member_config(trained_heads, tiny_models, write_config):
-    return write_config({
-        "members": [
-            {"name": "llama", "backbone": "llama3", "model": str(tiny_models["llama"]), "head": str(trained_heads["llama"])},
-            {"name": "qwen3", "backbone": "qwen3", "model": str(tiny_models["qwen3"]), "head": str(trained_heads["qwen3"])},
-        ],
-        "combiner": {"type": "mean"},
-    })
-
-
 def test_calibrate_out_of_source_chooses_on_held_out_sources_and_keeps_validation_beside(two_member_config, synthetic_data,
                                                                                         trained_heads):
     report = calibrate(two_member_config, synthetic_data, 0.9, min_source_harmful=1, cache_dir=trained_heads["cache"],
