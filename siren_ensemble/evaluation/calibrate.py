@@ -32,7 +32,9 @@ from ..weights import is_local, is_packaged
 from .cascade_bands import BandRule, CascadeFit, fit_bands
 from .categories import calibrate_categories
 from .metrics import binary_metrics, threshold_for_recall
-from .out_of_source import DEFAULT_SOURCE_FOLDS, RefitOptions, out_of_source_scores, source_summary, threshold_for_source_recall
+from .out_of_source import (
+    DEFAULT_SOURCE_FOLDS, RefitOptions, out_of_source_scores, per_source_thresholds, source_summary, threshold_for_source_recall,
+)
 from .scoring import FeatureScorer
 
 
@@ -84,10 +86,7 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
                                          band_rule, source_folds, refit)
         threshold, per_source_threshold, cascade = held_out.threshold, held_out.per_source_threshold, held_out.cascade
     else:
-        per_source_threshold = {
-            source: threshold_for_recall(labels[sources == source], scores[sources == source], target_recall)
-            for source in sorted(set(sources.tolist())) if labels[sources == source].sum() >= min_source_harmful
-        }
+        per_source_threshold = per_source_thresholds(labels, scores, sources, target_recall, min_source_harmful)
         threshold = threshold_for_recall(labels, scores, target_recall)
         if per_source:
             threshold = min([threshold, *per_source_threshold.values()])

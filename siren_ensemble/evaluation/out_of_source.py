@@ -134,15 +134,22 @@ def _pooled_features(scorer: FeatureScorer, plan: MemberPlan, train: Sequence[Sa
     return {layer: np.concatenate([part[layer] for part in parts]) for layer in plan.head.config.layers}
 
 
+def per_source_thresholds(labels: np.ndarray, scores: np.ndarray, sources: np.ndarray, target: float,
+                          min_source_harmful: int) -> dict[str, float]:
+    """Each source's own threshold reaching ``target`` recall, for the sources with ``min_source_harmful`` harmful
+    records or more."""
+    return {
+        source: threshold_for_recall(labels[sources == source], scores[sources == source], target)
+        for source in sorted(set(sources.tolist())) if labels[sources == source].sum() >= min_source_harmful
+    }
+
+
 def threshold_for_source_recall(labels: np.ndarray, scores: np.ndarray, sources: np.ndarray, target: float,
                                 every_source: bool, min_source_harmful: int) -> tuple[float, dict[str, float]]:
     """The threshold at which the median harmful source (the lower median, ``every_source``: every one) reaches
     ``target`` recall, and each source's own threshold; sources with fewer than ``min_source_harmful`` harmful
     records have no say (one record moves their recall by several points)."""
-    per_source = {
-        source: threshold_for_recall(labels[sources == source], scores[sources == source], target)
-        for source in sorted(set(sources.tolist())) if labels[sources == source].sum() >= min_source_harmful
-    }
+    per_source = per_source_thresholds(labels, scores, sources, target, min_source_harmful)
     if not per_source:
         raise InputError(f"no source has {min_source_harmful} harmful records or more to set a threshold on")
     ordered = sorted(per_source.values())
