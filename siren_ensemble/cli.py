@@ -658,6 +658,52 @@ def data_conversations(data_path, out_path, split, per_kind, seed):
     click.echo(f"{out_path}: {len(conversations)} conversations ({', '.join(f'{k} {v}' for k, v in counts.items())})")
 
 
+@data.command(name="translate")
+@click.option("--data", "data_path", required=True, type=click.Path(file_okay=False), help="Split directory.")
+@click.option("--split", type=click.Choice(["train", "validation", "test"]), default="train", show_default=True)
+@click.option("--languages", required=True, help="Comma-separated language codes, e.g. hi,es,de.")
+@click.option("--per-language", type=click.IntRange(1), default=200, show_default=True,
+              help="Records translated into each language (each language gets its own stratified sample).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for <split>.<language>.jsonl, rejected.jsonl and report.json (a rerun resumes there).")
+@config_option
+@click.option("--member", default="qwen2.5-coder-0.5b", show_default=True,
+              help="The member of --config whose instruct model translates (loaded with its LM head).")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="Prompts per generation batch.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=256, show_default=True,
+              help="Tokens per translation at most; a translation that uses them all is rejected as cut off.")
+@click.option("--max-chars", type=click.IntRange(1), help="Leave out records with a longer text, prompt or response.")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.8, show_default=True,
+              help="Language ID confidence the output needs in the target language.")
+@click.option("--back-translate", is_flag=True, help="Also translate back to English and require word-overlap F1 >= 0.4 "
+                                                     "(doubles the cost).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples.")
+def data_translate(data_path, split, languages, per_language, out_dir, config_path, member, batch_size, max_new_tokens,
+                   max_chars, min_confidence, back_translate, seed):
+    """Translate a stratified sample of a split into other languages with a member's instruct model, offline, keeping
+    the translations that pass the filters (language ID, length ratio, not empty or echoed, optional back-translation).
+    Slow on a CPU; a stopped run resumes where it was."""
+    from .config import load_config
+    from .data.records import read_dataset
+    from .data.translate import TranslationOptions, parse_languages, translate_split
+    from .data.translation_filters import FilterOptions
+    from .members import adapter_of_member
+    from .steering.language_model import InstructModel
+
+    codes = parse_languages(languages)
+    records = read_dataset(data_path, split)
+    options = TranslationOptions(batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                 filters=FilterOptions(min_confidence=min_confidence, back_translate=back_translate))
+    _log_progress_to_stderr()
+    model = InstructModel.load(adapter_of_member(load_config(config_path), member))
+    report = translate_split(model, records, split, codes, out_dir, per_language, seed, options, max_chars)
+    for code, numbers in report["languages"].items():
+        rejected = ", ".join(f"{reason} {count}" for reason, count in numbers["rejected"].items() if count) or "none"
+        click.echo(f"{code}: {numbers['generated']} translated ({numbers['done_before']} done before), "
+                   f"{numbers['kept']} kept, rejected: {rejected} ({numbers['seconds']} s); "
+                   f"{numbers['kept_in_file']} in {split}.{code}.jsonl")
+
+
 @data.command(name="sources")
 def data_sources():
     """List the data sources, their package, labels, and whether the package is installed."""

@@ -3,7 +3,8 @@
 A split directory holds ``train.jsonl``, ``validation.jsonl``, ``test.jsonl`` and ``manifest.json``.
 Label 1 is harmful, 0 benign. A prompt-level record carries ``text``; a response-level record carries
 ``prompt`` and ``response`` and is judged on the response. A harmful record may carry ``categories``,
-keys of our harm taxonomy (``siren_ensemble.taxonomy``); a benign record never does.
+keys of our harm taxonomy (``siren_ensemble.taxonomy``); a benign record never does. A translated record
+carries ``language`` (an ISO 639 code); records without it are English (or unknown), as every source's are.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class SafetyRecord:
     group: str | None = None
     #: Harm taxonomy keys (harmful records only); None: not known (every benign record, some harmful ones).
     categories: tuple[str, ...] | None = None
+    #: ISO 639 code of a translated record ("hi", "es", ...); None: English or unknown. Absent from the JSON when None,
+    #: so the files and hashes of splits built before it existed do not change.
+    language: str | None = None
 
     def __post_init__(self):
         if self.categories is not None and self.label != 1:
@@ -96,7 +100,16 @@ def _parse(line: str, where: str) -> SafetyRecord:
         label=label, source=str(item.get("source", "unknown")), level=level,
         text=item.get("text"), prompt=item.get("prompt"), response=item.get("response"),
         group=item.get("group"), categories=_categories(item.get("categories"), label, where),
+        language=_language(item.get("language"), where),
     )
+
+
+def _language(value, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{where}: `language` must be a language code such as \"hi\", got {value!r}")
+    return value
 
 
 def _categories(value, label: int, where: str) -> tuple[str, ...] | None:
