@@ -136,5 +136,7 @@ def test_evaluate_reports_each_language_as_the_heads_score_it_and_as_the_runtime
     assert report["runtime_overall"]["recall"] == 1.0 and report["runtime_overall"]["fpr"] == pytest.approx(1 / 3, abs=1e-6)
     table = language_table(report)
     assert "| hi (unvalidated) | 2/0 | 0.500 | - | 1.000 | - |" in table.splitlines()
+    marked = [SafetyRecord(label=1, source="s", text="Will you die", language="de")]  # a translation says its language
+    assert list(language_report(LanguagesConfig(), marked, np.array([1]), np.array([0.9]), 0.5)["by_language"]) == ["de"]
     scored_only = language_report(LanguagesConfig(unvalidated="score"), records, labels, scores, threshold=0.5)
     assert scored_only["by_language"]["hi"]["runtime"]["recall"] == 0.5 and scored_only["flagged_by_language"] == 0

@@ -20,7 +20,8 @@ def language_report(languages: LanguagesConfig, records: Sequence[SafetyRecord],
                     threshold: float) -> dict:
     policy = LanguagePolicy.from_config(languages)
     readings = policy.read([record.scored_text for record in records])
-    detected = np.array([reading.language or UNDETERMINED for reading in readings])
+    # Grouped by the language a record was written in when the data says so (translations), else as read.
+    detected = np.array([record.language or reading.language or UNDETERMINED for record, reading in zip(records, readings)])
     flagged = np.array([reading.unvalidated and policy.flag_unvalidated for reading in readings], dtype=bool)
     decided = np.where(flagged, 1.0, scores)  # what the runtime answers: flagged whatever the heads' score
     by_language = {}
