@@ -49,6 +49,7 @@ class RefitOptions:
 class OutOfSourceScores:
     records: list[SafetyRecord]  # train, then validation
     labels: np.ndarray
+    #: Each record's origin source (``origin_sources``): what a fold holds out, and what the threshold rule counts.
     sources: np.ndarray
     is_validation: np.ndarray
     #: Records x members: each member's calibrated score from the fold that held out the record's source.
@@ -57,12 +58,30 @@ class OutOfSourceScores:
     folds: list[tuple[str, ...]]
 
 
-def source_folds(records: Sequence[SafetyRecord], folds: int, seed: int = 0) -> list[tuple[str, ...]]:
-    """Sources dealt into at most ``folds`` folds, harmful and benign sources apart (a source counts as its
-    majority label), each to the fold holding the fewest records of its class so far (largest source first):
-    every fold leaves sources of both classes to fit on whenever each class has two sources or more."""
-    counts = Counter((record.source, record.label) for record in records)
-    sources = sorted({record.source for record in records})
+def origin_sources(records: Sequence[SafetyRecord]) -> np.ndarray:
+    """Each record's origin: its own source, or for a record the build generated from another (a templated hard
+    case, scenario or refusal, which keeps its request's group) the registered source of that group. A source is
+    held out together with everything made from it: its rephrasings in training would leak it, and templates held
+    out without their requests measure the templates, not a new source."""
+    from ..data.sources import SOURCES
+
+    registered: dict[str, str] = {}
+    for record in records:
+        if record.source in SOURCES and record.group is not None:
+            registered.setdefault(record.group, record.source)
+    return np.array([record.source if record.source in SOURCES or record.group not in registered
+                     else registered[record.group] for record in records])
+
+
+def source_folds(records: Sequence[SafetyRecord], folds: int, seed: int = 0,
+                 origins: Sequence[str] | None = None) -> list[tuple[str, ...]]:
+    """Sources (``origins``: each record's origin source, default its own) dealt into at most ``folds`` folds,
+    harmful and benign sources apart (a source counts as its majority label), each to the fold holding the fewest
+    records of its class so far (largest source first): every fold leaves sources of both classes to fit on
+    whenever each class has two sources or more."""
+    origins = [record.source for record in records] if origins is None else list(origins)
+    counts = Counter((origin, record.label) for origin, record in zip(origins, records))
+    sources = sorted(set(origins))
     by_class: dict[int, list[str]] = {0: [], 1: []}
     for source in sources:
         by_class[int(counts[(source, 1)] > counts[(source, 0)])].append(source)
@@ -106,10 +125,10 @@ def out_of_source_scores(scorer: FeatureScorer, plans: Sequence[MemberPlan], tra
     """Every train and validation record's member scores, each from a refit that held out the record's source."""
     records = list(train) + list(validation)
     labels = np.array([record.label for record in records], dtype=np.int64)
-    sources = np.array([record.source for record in records])
+    sources = origin_sources(records)
     is_validation = np.arange(len(records)) >= len(train)
     groups = record_groups(records)
-    held_out = source_folds(records, folds, options.seed)
+    held_out = source_folds(records, folds, options.seed, sources)
     fit_masks = [~np.isin(sources, fold) for fold in held_out]
     for fold, fit in zip(held_out, fit_masks):
         for part, rows in (("train", fit & ~is_validation), ("validation", fit & is_validation)):
