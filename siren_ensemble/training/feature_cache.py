@@ -1,11 +1,20 @@
 """Mean-pooled per-layer features of labelled texts, extracted once and cached on disk (safetensors).
 
-The cache key covers everything that changes the numbers: the backbone (adapter, weights: the pinned
-sha256, else model, GGUF file and revision; dtype), the pooling, ``max_length`` and the exact texts. Re-runs, sweeps and the
-leave-one-source-out evaluation therefore never run the backbone twice on the same data.
+Entries are keyed by everything that changes the numbers: the backbone (adapter, weights: the pinned sha256, else
+model, GGUF file and revision; dtype), the pooling and ``max_length`` (the *identity*), and, for a whole list, the
+exact texts. Two kinds live under the cache directory:
 
-Extraction is written in chunks of ``chunk_size`` texts (``<key>.chunks-512/00003.safetensors``) as it goes, so a run
-that is stopped resumes at the first missing chunk; the finished chunks are then joined into ``<key>.safetensors``.
+- Per text: ``by-text/<identity>/<random>.safetensors``, shards of at most ``chunk_size`` texts' rows, each with the
+  sha256 of its texts in its header. Extraction runs only on the texts that no shard holds and files them as it goes,
+  so adding records to a data build extracts only the new texts, and a stopped run resumes with the texts it had not
+  reached. Shards are never changed and are named at random; the index is read from their headers, so processes
+  extracting side by side into one store do not clash (at worst a text is stored twice).
+- Per list: ``<key>.safetensors``, the rows of one ordered list, written once the list is complete, so identical calls
+  (re-runs, sweeps, the leave-one-source-out evaluation) read one file.
+
+Entries of the earlier format stay valid: a list entry is read as before, and its rows are filed per text the first
+time (so a build that grows from it extracts only its new texts); the ``<key>.chunks-512`` chunks of a stopped run of
+the same list are filed per text and removed.
 """
 
 from __future__ import annotations
@@ -13,10 +22,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
+import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -28,11 +40,17 @@ from ..extraction import LoadedBackbone
 from ..text import clean_text
 from ..weights import ResolvedWeights, resolve_weights
 
+logger = logging.getLogger(__name__)
+
 LayerFeatures = dict[int, np.ndarray]
-#: Texts per resumable chunk: a stopped extraction loses at most this many texts' work.
+#: Texts per stored shard: a stopped extraction loses at most this many texts' work.
 DEFAULT_CHUNK_SIZE = 512
 #: A batch closes before padding passes this share of its tokens (padded tokens cost as much as real ones).
 MAX_PADDING = 0.25
+#: The per-text store's folder under the cache directory, one sub-folder per backbone identity.
+TEXT_STORE_DIR = "by-text"
+#: Header metadata of a per-text shard: the sha256 of its texts, one per row, newline-separated.
+DIGESTS_KEY = "text_sha256"
 
 
 def texts_digest(texts: Sequence[str]) -> str:
@@ -41,6 +59,11 @@ def texts_digest(texts: Sequence[str]) -> str:
         digest.update(text.encode("utf-8"))
         digest.update(b"\x00")
     return digest.hexdigest()
+
+
+def text_digest(text: str) -> str:
+    """The name of one text's row in the per-text store."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class FeatureExtractor:
@@ -60,6 +83,7 @@ class FeatureExtractor:
         self.chunk_size = chunk_size
         #: Loaded backbones by spec; extractors given the same dict share them (one load per backbone).
         self.loaded = loaded if loaded is not None else {}
+        self._store: TextStore | None = None
 
     @functools.cached_property
     def backbone_weights(self) -> ResolvedWeights:
@@ -73,49 +97,104 @@ class FeatureExtractor:
             self.loaded[spec] = LoadedBackbone.load(self.adapter, self.backbone_weights)
         return self.loaded[spec]
 
-    def cache_key(self, texts: Sequence[str]) -> str:
+    def _identity(self) -> dict:
         spec = self.adapter.spec
         # Pinned GGUF weights are named by their sha256, wherever the file lives.
         weights = {"sha256": spec.sha256} if spec.sha256 else {
             "model": spec.model, "gguf_file": spec.gguf_file, "gguf_parts": spec.gguf_parts, "revision": spec.revision,
         }
-        identity = {
-            "adapter": spec.adapter, **weights, "dtype": spec.dtype, "pooling": self.pooling,
-            "max_length": self.max_length, "texts": texts_digest(texts),
-        }
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+        return {"adapter": spec.adapter, **weights, "dtype": spec.dtype, "pooling": self.pooling,
+                "max_length": self.max_length}
+
+    def identity_key(self) -> str:
+        """The key of everything but the texts: the per-text store's folder."""
+        return _short_hash(self._identity())
+
+    def cache_key(self, texts: Sequence[str]) -> str:
+        """The key of one exact list of texts (unchanged from the earlier format, so its entries stay valid)."""
+        return _short_hash({**self._identity(), "texts": texts_digest(texts)})
+
+    @property
+    def store(self) -> TextStore:
+        directory = self.cache_dir / TEXT_STORE_DIR / self.identity_key()
+        if self._store is None or self._store.directory != directory:
+            self._store = TextStore(directory)
+        return self._store
 
     def is_cached(self, texts: Sequence[str]) -> bool:
         """Whether ``features(texts)`` reads the cache without running the backbone."""
-        return (self.cache_dir / f"{self.cache_key(list(texts))}.safetensors").is_file()
+        texts = list(texts)
+        if self._list_path(texts).is_file():
+            return True
+        stored = self.store.index()
+        return bool(texts) and all(text_digest(text) in stored for text in texts)
 
     def features(self, texts: Sequence[str], progress: bool = False, description: str = "features") -> LayerFeatures:
         """Features of all layers for ``texts`` (scored as the runtime scores them), from the cache when present."""
         texts = list(texts)
-        path = self.cache_dir / f"{self.cache_key(texts)}.safetensors"
+        path = self._list_path(texts)
         if path.is_file():
-            return _read(path)
-        chunks_dir = path.with_suffix(f".chunks-{self.chunk_size}")  # another chunk size starts afresh
-        chunks = [(texts[start:start + self.chunk_size], _chunk_path(chunks_dir, start, self.chunk_size))
-                  for start in range(0, len(texts), self.chunk_size)]
-        parts = []
-        with tqdm(total=len(texts), initial=sum(len(chunk) for chunk, stored in chunks if stored.is_file()),
-                  desc=description, unit="text", disable=not progress, leave=False) as bar:
-            for chunk, stored in chunks:
-                if stored.is_file():  # written by a run that stopped; checked, since a stale file would shift rows
-                    parts.append(_read_chunk(stored, len(chunk), chunks_dir))
-                    continue
-                parts.append(self._extract(chunk))
-                _write_atomically(parts[-1], stored)
-                bar.update(len(chunk))
-        layer_features = {layer: np.concatenate([part[layer] for part in parts]) for layer in parts[0]} if parts else \
-            self._extract([])
+            layer_features = _read_list(path, len(texts))
+            self._file_list_rows(texts, layer_features, path)
+            return layer_features
+        if texts:
+            self._file_old_chunks(texts, path)
+            layer_features = self._from_store(texts, progress, description)
+        else:
+            layer_features = self._extract([])
         _write_atomically(layer_features, path)
-        for _, stored in chunks:
-            stored.unlink(missing_ok=True)
-        if chunks_dir.is_dir():
-            chunks_dir.rmdir()
         return layer_features
+
+    def _list_path(self, texts: Sequence[str]) -> Path:
+        return self.cache_dir / f"{self.cache_key(texts)}.safetensors"
+
+    def _from_store(self, texts: list[str], progress: bool, description: str) -> LayerFeatures:
+        """Stored texts are read, the others extracted chunk by chunk and stored; duplicates share one row."""
+        positions: dict[str, list[int]] = {}
+        for position, text in enumerate(texts):
+            positions.setdefault(text_digest(text), []).append(position)
+        stored = self.store.index()
+        result = _Rows(len(texts))
+        self.store.read_into(result, {digest: stored[digest] for digest in positions if digest in stored}, positions)
+        missing = [digest for digest in positions if digest not in stored]
+        with tqdm(total=len(positions), initial=len(positions) - len(missing), desc=description, unit="text",
+                  disable=not progress, leave=False) as bar:
+            for start in range(0, len(missing), self.chunk_size):
+                chunk = missing[start:start + self.chunk_size]
+                extracted = self._extract([texts[positions[digest][0]] for digest in chunk])
+                result.check_layers(self.store.add(chunk, extracted), [f"layer{layer}" for layer in extracted])
+                result.put(extracted, *_scatter(chunk, range(len(chunk)), positions))
+                bar.update(len(chunk))
+        return result.layers
+
+    def _file_list_rows(self, texts: list[str], layer_features: LayerFeatures, path: Path) -> None:
+        """Files a list entry's rows per text, those the store lacks (entries of the earlier format had none)."""
+        firsts: dict[str, int] = {}
+        for position, text in enumerate(texts):
+            firsts.setdefault(text_digest(text), position)
+        stored = self.store.index()
+        missing = [digest for digest in firsts if digest not in stored]
+        try:
+            for start in range(0, len(missing), self.chunk_size):
+                chunk = missing[start:start + self.chunk_size]
+                rows = [firsts[digest] for digest in chunk]
+                self.store.add(chunk, {layer: array[rows] for layer, array in layer_features.items()})
+        except (OSError, SafetensorError) as error:  # a read-only cache still answers from its list entries
+            logger.warning("%s: not filed per text in %s (%s)", path, self.store.directory, error)
+
+    def _file_old_chunks(self, texts: list[str], path: Path) -> None:
+        """Files the chunks of a stopped run of the earlier format (``<key>.chunks-512/00003.safetensors``) per text."""
+        for chunks_dir in sorted(path.parent.glob(f"{path.stem}.chunks-*")):
+            chunk_size = chunks_dir.suffix.removeprefix(".chunks-")
+            if not chunk_size.isdigit() or not chunks_dir.is_dir():
+                continue
+            for stored in sorted(file for file in chunks_dir.glob("*.safetensors") if file.stem.isdigit()):
+                start = int(stored.stem) * int(chunk_size)
+                chunk = texts[start:start + int(chunk_size)]
+                self.store.add([text_digest(text) for text in chunk], _read_chunk(stored, len(chunk), chunks_dir))
+                stored.unlink()
+            if not any(chunks_dir.iterdir()):
+                chunks_dir.rmdir()
 
     def _extract(self, texts: list[str]) -> LayerFeatures:
         backbone = self.backbone
@@ -131,8 +210,97 @@ class FeatureExtractor:
         return out
 
 
-def _chunk_path(chunks_dir: Path, start: int, chunk_size: int) -> Path:
-    return chunks_dir / f"{start // chunk_size:05d}.safetensors"
+class TextStore:
+    """Rows of single texts for one backbone identity, in shards that are written once and never changed."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._digests: dict[Path, list[str]] = {}  # the shards whose headers were read (they never change)
+
+    def index(self) -> dict[str, tuple[Path, int]]:
+        """Where each stored text's row is (shard, row), over the shards on disk now, whoever wrote them."""
+        shards = sorted(self.directory.glob("*.safetensors")) if self.directory.is_dir() else []
+        known: dict[Path, list[str]] = {}
+        for path in shards:
+            digests = self._digests.get(path)
+            if digests is None:
+                digests = _shard_digests(path)
+            if digests is not None:
+                known[path] = digests
+        self._digests = known
+        rows: dict[str, tuple[Path, int]] = {}
+        for path, digests in known.items():
+            for row, digest in enumerate(digests):
+                rows.setdefault(digest, (path, row))
+        return rows
+
+    def add(self, digests: list[str], layer_features: LayerFeatures) -> Path:
+        """Stores the rows of the texts named by ``digests``, in order, as a new shard."""
+        path = self.directory / f"{uuid.uuid4().hex}.safetensors"
+        _write_atomically(layer_features, path, {DIGESTS_KEY: "\n".join(digests)})
+        self._digests[path] = list(digests)
+        return path
+
+    def read_into(self, result: _Rows, locations: Mapping[str, tuple[Path, int]],
+                  positions: Mapping[str, list[int]]) -> None:
+        """Copies the stored rows into ``result``, holding one layer of one shard in memory at a time."""
+        by_shard: dict[Path, list[str]] = {}
+        for digest, (path, _) in locations.items():
+            by_shard.setdefault(path, []).append(digest)
+        for path, digests in by_shard.items():
+            with safe_open(str(path), framework="np") as shard:
+                result.check_layers(path, shard.keys())
+                targets, rows = _scatter(digests, [locations[digest][1] for digest in digests], positions)
+                for name in shard.keys():
+                    result.put({_layer(name): shard.get_tensor(name)}, targets, rows)
+
+
+class _Rows:
+    """The features of ``size`` texts, filled part by part; each layer is allocated when its first part comes."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.layers: LayerFeatures = {}
+        self._first: tuple[Path, list[str]] | None = None  # the first part's shard and layer names
+
+    def check_layers(self, path: Path, names: Sequence[str]) -> None:
+        names = sorted(names)
+        if self._first is None:
+            self._first = (path, names)
+        elif names != self._first[1]:
+            raise ArtifactError(f"{path}: layers {names} where {self._first[0]} holds {self._first[1]}; "
+                                "delete the wrong one to extract its texts again")
+
+    def put(self, part: LayerFeatures, targets: np.ndarray, rows: np.ndarray) -> None:
+        """Row ``rows[i]`` of each of ``part``'s layers goes to position ``targets[i]``."""
+        for layer, values in part.items():
+            if layer not in self.layers:
+                self.layers[layer] = np.empty((self.size, values.shape[1]), dtype=np.float32)
+            self.layers[layer][targets] = values[rows]
+
+
+def _scatter(digests: Sequence[str], rows: Sequence[int],
+             positions: Mapping[str, list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, rows): every position of each text, beside the row that holds it."""
+    pairs = [(position, row) for digest, row in zip(digests, rows) for position in positions[digest]]
+    return np.asarray([p for p, _ in pairs], dtype=np.int64), np.asarray([r for _, r in pairs], dtype=np.int64)
+
+
+def _shard_digests(path: Path) -> list[str] | None:
+    """A shard's text digests, checked against its rows; None when it is gone (deleted since it was listed)."""
+    try:
+        with safe_open(str(path), framework="np") as shard:
+            listed = (shard.metadata() or {}).get(DIGESTS_KEY)
+            rows = {shard.get_slice(name).get_shape()[0] for name in shard.keys()}
+    except FileNotFoundError:
+        return None
+    except (SafetensorError, OSError) as error:
+        raise ArtifactError(f"{path}: unreadable ({error}); delete it to extract its texts again") from error
+    digests = listed.split("\n") if listed else []
+    if not digests or rows != {len(digests)}:
+        raise ArtifactError(f"{path}: {len(digests)} text digests but {sorted(rows)} rows; "
+                            "delete it to extract its texts again")
+    return digests
 
 
 def _read_chunk(path: Path, expected_rows: int, chunks_dir: Path) -> LayerFeatures:
@@ -144,13 +312,31 @@ def _read_chunk(path: Path, expected_rows: int, chunks_dir: Path) -> LayerFeatur
     return part
 
 
+def _read_list(path: Path, expected_rows: int) -> LayerFeatures:
+    layer_features = _read(path)
+    rows = {len(array) for array in layer_features.values()}
+    if expected_rows and rows != {expected_rows}:
+        raise ArtifactError(f"{path}: {sorted(rows)} rows for {expected_rows} texts; delete it to extract again")
+    return layer_features
+
+
 def _read(path: Path) -> LayerFeatures:
-    return {int(name.removeprefix("layer")): array for name, array in load_file(str(path)).items()}
+    return {_layer(name): array for name, array in load_file(str(path)).items()}
 
 
-def _write_atomically(features: LayerFeatures, path: Path) -> None:
-    # Written aside and renamed: an interrupted run never leaves a truncated cache entry.
+def _layer(name: str) -> int:
+    return int(name.removeprefix("layer"))
+
+
+def _short_hash(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _write_atomically(features: LayerFeatures, path: Path, metadata: dict[str, str] | None = None) -> None:
+    # Written aside under a name of its own and renamed: an interrupted run never leaves a truncated cache entry,
+    # and two processes writing the same entry do not write into one file.
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file({f"layer{layer}": np.ascontiguousarray(array) for layer, array in features.items()}, str(partial))
+    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    arrays = {f"layer{layer}": np.ascontiguousarray(array) for layer, array in features.items()}
+    save_file(arrays, str(partial), metadata)
     partial.replace(path)
