@@ -145,8 +145,8 @@ def score(ctx, config_path, texts, input_path, prompt, response, threshold, outp
         return
     _refuse(ctx, _RAY_SCORE_OPTIONS, "only with --engine ray")
     from .ensemble import Ensemble
+    from .input_kinds import PromptResponse
     from .inputs import InputRecord, read_inputs
-    from .text import join_prompt_response
 
     sources = sum([bool(texts), input_path is not None, prompt is not None or response is not None])
     if sources != 1:
@@ -156,7 +156,8 @@ def score(ctx, config_path, texts, input_path, prompt, response, threshold, outp
     elif texts:
         records = [InputRecord(text=text) for text in texts]
     else:
-        records = [InputRecord(text=join_prompt_response(prompt, response))]
+        pair = PromptResponse(prompt, response)
+        records = [InputRecord(text=pair.text, pair=pair)]
 
     ensemble = Ensemble.from_config(config_path)
     if verbose:
@@ -164,7 +165,7 @@ def score(ctx, config_path, texts, input_path, prompt, response, threshold, outp
             click.echo(f"{name}: dtype {choice.describe()}", err=True)
         for name, support in ensemble.stream_support().items():
             click.echo(f"{name}: stream {support.describe()}", err=True)
-    inputs = [ensemble.conversation_input(record.conversation, window, judge) if record.conversation else record.text
+    inputs = [ensemble.conversation_input(record.conversation, window, judge) if record.conversation else record.scored
               for record in records]
     results = ensemble.score_batch(inputs, threshold=threshold, progress=sys.stderr.isatty())
     rows = [_output_row(record, result) for record, result in zip(records, results)]
@@ -539,22 +540,43 @@ def evaluate_conversations_command(config_path, data_path, window, out_path):
               help="With --out-of-source: processes for the refits' layer probes (same result).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Write the whole report (per source, per kind, the held-out folds) as JSON.")
+@click.option("--by-kind", is_flag=True,
+              help="Choose prompts' and responses' thresholds (and cascade bands) apart, each on its route's records: "
+                   "--write-config writes them under `by_kind`.")
+@click.option("--scores-out", type=click.Path(dir_okay=False),
+              help="With --out-of-source: write the held-out member scores (.npz) to compare members and routes later.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
 def calibrate(config_path, data_path, target_recall, per_source, min_source_harmful, method, calibration_out, write_config,
-              cascade_tolerance, cascade_min_agreement, per_category, out_of_source, source_folds, jobs, report_path, cache_dir):
+              cascade_tolerance, cascade_min_agreement, per_category, out_of_source, source_folds, jobs, report_path, by_kind,
+              scores_out, cache_dir):
     """Pick the threshold that reaches --target-recall on validation data and report the FPR it costs.
 
     With the cascade combiner, also fit each stage's bands (low/high) at that threshold: the widest that keep the
     cascade within --cascade-tolerance of running every member (see docs/cascade.md)."""
-    from .evaluation.calibrate import calibrate as run_calibration, write_calibrated_config
+    from .evaluation.calibrate import calibrate as run_calibration, calibrate_by_kind, write_calibrated_config
     from .evaluation.cascade_bands import BandRule
     from .evaluation.out_of_source import RefitOptions
 
+    if scores_out and not out_of_source:
+        raise SirenError("--scores-out writes the out-of-source scores: add --out-of-source")
     rule = BandRule(max_recall_loss=cascade_tolerance, max_fpr_rise=cascade_tolerance, min_agreement=cascade_min_agreement)
-    report = run_calibration(config_path, data_path, target_recall, per_source, method, calibration_out, cache_dir,
-                             progress=sys.stderr.isatty(), min_source_harmful=min_source_harmful, band_rule=rule,
-                             per_category=per_category, out_of_source=out_of_source, source_folds=source_folds,
-                             refit=RefitOptions(jobs=jobs))
+    options = dict(per_source=per_source, method=method, calibration_out=calibration_out, cache_dir=cache_dir,
+                   progress=sys.stderr.isatty(), min_source_harmful=min_source_harmful, band_rule=rule,
+                   per_category=per_category, out_of_source=out_of_source, source_folds=source_folds,
+                   refit=RefitOptions(jobs=jobs), scores_out=scores_out)
+    if by_kind:
+        report = calibrate_by_kind(config_path, data_path, target_recall, **options)
+        if write_config:
+            write_calibrated_config(config_path, write_config, None, None, by_kind=report["by_kind"])
+            report["written_config"] = write_config
+        if report_path:
+            from pathlib import Path
+
+            Path(report_path).write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(json.dumps({kind: _calibration_summary(kind_report) for kind, kind_report in report["by_kind"].items()}
+                              | ({"written_config": write_config} if write_config else {})))
+        return
+    report = run_calibration(config_path, data_path, target_recall, **options)
     categories = report["categories"]
     if write_config:
         write_calibrated_config(config_path, write_config, report["threshold"], calibration_out if method else None,
@@ -564,6 +586,12 @@ def calibrate(config_path, data_path, target_recall, per_source, min_source_harm
         from pathlib import Path
 
         Path(report_path).write_text(json.dumps(report, indent=2) + "\n")
+    click.echo(json.dumps(_calibration_summary(report) | ({"written_config": write_config} if write_config else {})))
+
+
+def _calibration_summary(report: dict) -> dict:
+    """What `calibrate` prints of its report: the threshold, what it gives on validation and out of source."""
+    categories = report["categories"]
     summary = {key: report[key] for key in ("threshold", "target_recall", "chosen_on", "worst_recall_source", "worst_fpr_source",
                                             "calibration")}
     summary.update({"recall": report["validation"]["recall"], "fpr": report["validation"]["fpr"]})
@@ -578,7 +606,7 @@ def calibrate(config_path, data_path, target_recall, per_source, min_source_harm
         summary["category_thresholds"] = categories["category_thresholds"]
         summary["category_macro_f1"] = {"configured": categories["configured"]["macro_f1"],
                                         "calibrated": categories["calibrated"]["macro_f1"]}
-    click.echo(json.dumps(summary | ({"written_config": write_config} if write_config else {})))
+    return summary
 
 
 @cli.group()

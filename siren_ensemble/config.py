@@ -153,6 +153,22 @@ class RayConfig(_Strict):
     serve: RayServeConfig = RayServeConfig()
 
 
+#: What an input holds: a prompt alone, or a prompt and the response that answers it (``siren_ensemble.routing``).
+InputKind = Literal["prompt", "response"]
+INPUT_KINDS: tuple[InputKind, ...] = ("prompt", "response")
+
+
+class RouteConfig(_Strict):
+    """How one kind of input is decided, where it differs from the top level: its own combiner (a cascade's stage
+    order and bands), threshold and calibration. A route with its own combiner has its own threshold and calibration
+    too (the top level's were chosen for another combiner; left out: the combiner's implied threshold, else 0.5, and
+    none); a route without one keeps the top level's combiner, and its threshold and calibration where it has none."""
+
+    combiner: CombinerConfig | None = None
+    threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    calibration: str | None = None
+
+
 class EnsembleConfig(_Strict):
     members: list[MemberConfig] = Field(min_length=1)
     combiner: CombinerConfig = CombinerConfig()
@@ -168,6 +184,9 @@ class EnsembleConfig(_Strict):
     conversation: ConversationConfig = ConversationConfig()
     languages: LanguagesConfig = LanguagesConfig()
     ray: RayConfig = RayConfig()
+    #: Per kind of input, a route of its own (``by_kind: {response: {combiner: ..., threshold: ...}}``); a kind not
+    #: listed is decided by the top-level combiner, threshold and calibration.
+    by_kind: dict[InputKind, RouteConfig] = {}
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="config")
@@ -243,6 +262,27 @@ class EnsembleConfig(_Strict):
         for key in self.category_thresholds:
             if key not in BY_KEY:
                 raise ConfigError(f"category_thresholds.{key}: {unknown_category_message(key)}")
+        self._check_decision()
+        for kind in self.by_kind:
+            try:
+                self.for_kind(kind)._check_decision()
+            except ConfigError as error:
+                raise ConfigError(f"by_kind.{kind}: {error}") from None
+
+    def for_kind(self, kind: str | None) -> "EnsembleConfig":
+        """The config as inputs of ``kind`` are decided: its ``by_kind`` route's fields in place of the top level's
+        (the route's members and everything else are the top level's)."""
+        route = self.by_kind.get(kind) if kind is not None else None
+        if route is None:
+            return self
+        if route.combiner is not None:
+            update = {"combiner": route.combiner, "threshold": route.threshold, "calibration": route.calibration}
+        else:
+            update = {name: value for name in ("threshold", "calibration") if (value := getattr(route, name)) is not None}
+        return self.model_copy(update={**update, "by_kind": {}})
+
+    def _check_decision(self) -> None:
+        """The combiner, its options, the calibration file and the threshold, checked against each other."""
         combiner_registry = plugins.combiners()
         if self.combiner.type not in combiner_registry:
             raise ConfigError(f"combiner.type: {combiner_registry.unknown_message(self.combiner.type)}")

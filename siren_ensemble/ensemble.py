@@ -34,6 +34,8 @@ from .precision import DtypeChoice
 from .ranking.model import SRRRanker
 from .ranking.result import RankResult, ranked
 from .ranking.runtime import check_rank_request, guarded_scores, load_rankers, resolve_method, srr_risks
+from .input_kinds import PromptResponse, Scorable, kind_of
+from .routing import Routes
 from .streaming import EnsembleStream, PassStream, ReEncodingStreamWarning
 from .text import check_encodable, clean_text, join_prompt_response
 
@@ -63,10 +65,14 @@ class EnsembleResult:
     #: Written in a language the heads were not validated on; under ``languages.unvalidated: flag`` such a text is
     #: flagged whatever its ``score`` (the heads' own).
     unvalidated_language: bool = False
+    #: The kind of input ("prompt" or "response") whose route decided it, when the config routes by kind (``by_kind``).
+    kind: str | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
         del data["categories"]
+        if self.kind is None:
+            del data["kind"]
         if self.language is None:
             del data["language"]
         if not self.unvalidated_language:
@@ -156,18 +162,23 @@ class _MemberScores:
 
 class Ensemble:
     def __init__(self, config: EnsembleConfig, plans: list[MemberPlan], backbones: dict[BackboneSpec, LoadedBackbone],
-                 decision: DecisionPath | None = None):
+                 routes: Routes | None = None):
         self.config = config
         self.plans = plans
         self.member_names = [plan.name for plan in plans]
-        #: Member scores -> member calibration -> combiner -> calibration -> threshold -> failure policy.
-        self.decision = decision or DecisionPath.from_config(config, plans)
+        #: Per kind of input, member scores -> member calibration -> combiner -> calibration -> threshold -> failure
+        #: policy (``by_kind``; one path for every kind without it).
+        self.routes = routes or Routes.from_config(config, plans)
+        #: The top-level path: every kind's without ``by_kind``.
+        self.decision = self.routes.default
         self._passes = _group_passes(plans, backbones, config.sliding_window, config.conversation.template)
-        #: Per cascade stage, (index into ``_passes``, that pass scoring only the stage's members); one stage
-        #: holding every pass for the other combiners. Members sharing a pass but not a stage each pay its forward.
+        #: Per route (``routes.paths``), per cascade stage, (index into ``_passes``, that pass scoring only the stage's
+        #: members); one stage holding every pass for the other combiners. Members sharing a pass but not a stage each
+        #: pay its forward.
         self._stage_passes = [
-            [(index, view) for index, shared in enumerate(self._passes) if (view := shared.only(stage.runs, plans)) is not None]
-            for stage in self.decision.stages
+            [[(index, view) for index, shared in enumerate(self._passes) if (view := shared.only(stage.runs, plans)) is not None]
+             for stage in path.stages]
+            for path in self.routes.paths
         ]
         self._lock = threading.Lock()
         #: What happens to text in a language the heads were not validated on.
@@ -185,8 +196,13 @@ class Ensemble:
 
     @property
     def threshold(self) -> float:
-        """The decision threshold: the config's, else the one its combiner implies, else the default."""
+        """The decision threshold: the config's, else the one its combiner implies, else the default (a kind with a
+        ``by_kind`` route of its own has its own: ``threshold_for``)."""
         return self.decision.threshold
+
+    def threshold_for(self, kind: str) -> float:
+        """The threshold that decides inputs of ``kind`` ("prompt" or "response")."""
+        return self.routes.path(kind).threshold
 
     @property
     def precision(self) -> dict[str, DtypeChoice]:
@@ -199,7 +215,7 @@ class Ensemble:
             config = load_config(config)
         plans = plan_members(config)
         check_heads_against_backbones(plans)
-        decision = DecisionPath.from_config(config, plans)  # a bad combiner stops here, before weights load
+        routes = Routes.from_config(config, plans)  # a bad combiner stops here, before weights load
         backbones: dict[BackboneSpec, LoadedBackbone] = {}
         for plan in plans:
             try:
@@ -208,7 +224,7 @@ class Ensemble:
                 backbones[plan.spec].check_readable(plan.head)
             except SirenError as error:
                 raise type(error)(f"{plan.where}: {error}") from None
-        return cls(config, plans, backbones, decision)
+        return cls(config, plans, backbones, routes)
 
     # ---- public API (mirrors llm-siren's SirenGuard) -------------------------------------
 
@@ -221,30 +237,46 @@ class Ensemble:
                 raise InputError("provide `text`, or at least one of `prompt`/`response`")
             _check_string("prompt", prompt)
             _check_string("response", response)
-            text = join_prompt_response(prompt, response)
+            return self.score_batch([PromptResponse(prompt, response)], threshold=threshold)[0]
         return self.score_batch([text], threshold=threshold)[0]
 
-    def score_batch(self, texts: Sequence[str | Conversation], threshold: float | None = None, progress: bool = False,
+    def score_batch(self, texts: Sequence[Scorable], threshold: float | None = None, progress: bool = False,
                     abandoned: Callable[[int], bool] | None = None) -> list[EnsembleResult]:
-        """One result per text (or ``Conversation``, see ``conversation_input``). ``abandoned(row)``, asked before
-        each forward pass (from the thread that runs it), drops texts nobody waits for any more: they are not
-        scored and answer as failed."""
+        """One result per text, ``PromptResponse`` (a prompt and its answer) or ``Conversation`` (see
+        ``conversation_input``), each decided by its kind's route (``by_kind``): a plain text is a prompt.
+        ``threshold`` overrides every route's. ``abandoned(row)``, asked before each forward pass (from the thread
+        that runs it), drops texts nobody waits for any more: they are not scored and answer as failed."""
         if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
             raise InputError(f"texts: expected a list of strings, got {type(texts).__name__}")
         for index, text in enumerate(texts):
-            if not isinstance(text, Conversation):
+            if isinstance(text, Conversation):
+                if text.judge is not None:
+                    check_judge(text.judge, f"texts[{index}].judge")
+            elif not isinstance(text, PromptResponse):
                 _check_string(f"texts[{index}]", text, allow_none=False)
-            elif text.judge is not None:
-                check_judge(text.judge, f"texts[{index}].judge")
         threshold = self._resolve_threshold(threshold)
         if not texts:
             return []
-        views = _JudgedViews.of(list(texts), self.config.conversation.judge)
-        member_scores = self._member_scores(views.texts, progress,
-                                            None if abandoned is None else lambda row: abandoned(views.origin(row)))
-        results = views.merge(self._combine(member_scores, threshold, views.label))
-        return self._judge_languages([text.last_turns_text() if isinstance(text, Conversation) else text for text in texts],
-                                     results)
+        kinds = [kind_of(text) for text in texts]
+        inputs = [text.text if isinstance(text, PromptResponse) else text for text in texts]
+        views = _JudgedViews.of(inputs, self.config.conversation.judge)
+        results = self._score_routed(views.texts, [kinds[views.origin(row)] for row in range(len(views.texts))],
+                                     threshold, progress,
+                                     None if abandoned is None else lambda row: abandoned(views.origin(row)), views.label)
+        return self._judge_languages([text.last_turns_text() if isinstance(text, Conversation) else text for text in inputs],
+                                     views.merge(results))
+
+    def _score_routed(self, texts: list[str | Conversation], kinds: list[str], threshold: float | None, progress: bool,
+                      abandoned: Callable[[int], bool] | None, label: Callable[[int], str]) -> list[EnsembleResult]:
+        """Each route's texts scored through its own stages and decided by it; the results in ``texts`` order."""
+        results: list[EnsembleResult | None] = [None] * len(texts)
+        for route, rows in self.routes.groups(kinds):
+            state = self._member_scores([texts[row] for row in rows], progress, route,
+                                        None if abandoned is None else lambda index: abandoned(rows[index]))
+            decided = self._combine(state, threshold, lambda index: label(rows[index]), route)
+            for row, result in zip(rows, decided):
+                results[row] = replace(result, kind=kinds[row]) if self.routes.routed else result
+        return results
 
     def conversation_input(self, messages: Sequence[dict] | Conversation, window: int | None = None,
                            judge: str | None = None) -> Conversation:
@@ -283,12 +315,13 @@ class Ensemble:
         ``stream()`` scores a growing response paying only for each chunk's new tokens.
         """
         _check_string("prefix", prefix, allow_none=False)
-        return self.score_batch([prefix], threshold=threshold)[0]
+        return self.score_batch([PromptResponse(None, prefix) if prefix else prefix], threshold=threshold)[0]
 
     def stream(self, prompt: str | None = None, threshold: float | None = None) -> EnsembleStream:
-        """A stream whose ``feed(chunk)`` scores ``score(prompt=prompt, response=<chunks so far>)``."""
+        """A stream whose ``feed(chunk)`` scores ``score(prompt=prompt, response=<chunks so far>)``, on the response
+        route."""
         _check_string("prompt", prompt)
-        threshold = self._resolve_threshold(threshold)
+        threshold = self.threshold_for("response") if threshold is None else self._resolve_threshold(threshold)
         with self._lock:  # the first stream probes each backbone: no other pass's hooks may be in place
             stream = EnsembleStream(self, prompt, threshold)
             self._warn_re_encoding(stream.support)
@@ -320,7 +353,7 @@ class Ensemble:
             self._rankers = load_rankers(self.plans, self._backbone_by_member())
         method = resolve_method(method, self._rankers or {})
         if method in ("siren", "guarded"):
-            results = self.score_batch([join_prompt_response(prompt, candidate) for candidate in candidates])
+            results = self.score_batch([PromptResponse(prompt, candidate) for candidate in candidates])
             if method == "siren":
                 return ranked(method, [r.score for r in results], [r.members for r in results], [r.errors for r in results])
         backbones = self._backbone_by_member()
@@ -339,19 +372,22 @@ class Ensemble:
     def _backbone_by_member(self) -> dict[str, LoadedBackbone]:
         return {self.member_names[position]: shared.backbone for shared in self._passes for position in shared.member_positions}
 
-    def _resolve_threshold(self, threshold: float | None) -> float:
+    def _resolve_threshold(self, threshold: float | None) -> float | None:
+        """A caller's threshold, checked; None (each route's own) stays None."""
         if threshold is None:
-            return self.threshold
+            return None
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
             raise InputError(f"threshold: expected a number between 0 and 1, got {threshold!r}")
         return float(threshold)
 
-    def _member_scores(self, texts: list[str], progress: bool, abandoned: Callable[[int], bool] | None = None) -> _MemberScores:
-        """Member scores, stage by stage: a stage's members run only on the texts earlier stages left undecided."""
+    def _member_scores(self, texts: list[str | Conversation], progress: bool, route: int = 0,
+                       abandoned: Callable[[int], bool] | None = None) -> _MemberScores:
+        """Member scores, stage by stage of ``routes.paths[route]``: a stage's members run only on the texts earlier
+        stages left undecided."""
         cleaned, state, live = self._start(texts)
         with tqdm(total=0, desc="scoring", unit="batch", disable=not progress, leave=False) as bar:
-            for stage, passes in enumerate(self._stage_passes):
-                live = self._undecided(stage, live, state)
+            for stage, passes in enumerate(self._stage_passes[route]):
+                live = self._undecided(stage, live, state, route)
                 if not live:
                     break
                 if abandoned is not None:  # not even tokenised
@@ -384,11 +420,12 @@ class Ensemble:
                 _record_failure(state.errors, [row], self.member_names, reason)
         return state
 
-    def _undecided(self, stage: int, live: list[int], state: _MemberScores) -> list[int]:
-        """The ``live`` rows the one decision path leaves undecided after the stages before ``stage``."""
+    def _undecided(self, stage: int, live: list[int], state: _MemberScores, route: int) -> list[int]:
+        """The ``live`` rows the route's decision path leaves undecided after the stages before ``stage``."""
         if not stage:
             return live
-        going_on = self.decision.decide(state.scores, self._failed_members(state.errors), through=stage).pending
+        path = self.routes.paths[route]
+        going_on = path.decide(state.scores, self._failed_members(state.errors), through=stage).pending
         return [row for row in live if going_on[row]]
 
     def _encoded(self, shared: _SharedPass, cleaned: list[str | None], live: list[int],
@@ -478,17 +515,19 @@ class Ensemble:
 
     def _score_stream(self, texts: list[str], streams: list[PassStream], threshold: float) -> list[EnsembleResult]:
         """Score a stream's text after each of its new chunks (``texts``, each extending the one before),
-        stage by stage like ``score_batch``."""
+        stage by stage of the response route like ``score_batch``."""
+        route = self.routes.index("response")
         cleaned, state, live = self._start(texts)
         with self._lock:
-            for stage, passes in enumerate(self._stage_passes):
+            for stage, passes in enumerate(self._stage_passes[route]):
                 # A pass whose members wait for a later stage keeps its cache; it catches up when next needed.
-                live = self._undecided(stage, live, state)
+                live = self._undecided(stage, live, state, route)
                 if not live:
                     break
                 for index, shared in passes:
                     self._stream_pass(streams[index], shared, cleaned, live, state)
-        return self._judge_languages(texts, self._combine(state, threshold))
+        kind = "response" if self.routes.routed else None
+        return self._judge_languages(texts, self._combine(state, threshold, route=route, kind=kind))
 
     def _stream_pass(self, stream: PassStream, shared: _SharedPass, cleaned: list[str | None], live: list[int],
                      state: _MemberScores) -> None:
@@ -549,14 +588,17 @@ class Ensemble:
                 else:
                     errors[row][plan.name] = f"non-finite score ({value})"
 
-    def _combine(self, member_scores: _MemberScores, threshold: float,
-                 label: Callable[[int], str] = str) -> list[EnsembleResult]:
-        """One result per scored row; ``label(row)`` names a row in a ``raise``d error (the caller's text)."""
+    def _combine(self, member_scores: _MemberScores, threshold: float | None, label: Callable[[int], str] = str,
+                 route: int = 0, kind: str | None = None) -> list[EnsembleResult]:
+        """One result per scored row, decided by ``routes.paths[route]`` (at its own threshold when ``threshold`` is
+        None); ``label(row)`` names a row in a ``raise``d error (the caller's text); ``kind`` goes into each result."""
+        path = self.routes.paths[route]
+        threshold = path.threshold if threshold is None else threshold
         scores, errors = member_scores.scores, member_scores.errors
         raises = self.config.on_member_error == "raise"
         if raises:
             _raise_first_failure(errors, member_scores.rejected, label)
-        decisions = self.decision.decide(scores, self._failed_members(errors), threshold)
+        decisions = path.decide(scores, self._failed_members(errors), threshold)
         errors = [{**row_errors, **found} for row_errors, found in zip(errors, decisions.errors)]
         categories = self.category_combination.verdicts(member_scores.categories, decisions.failed) \
             if self.category_combination else [None] * len(scores)
@@ -571,8 +613,8 @@ class Ensemble:
             results.append(EnsembleResult(
                 score=float(decisions.scores[row]), is_harmful=bool(decisions.is_harmful[row]), threshold=threshold,
                 members=members, truncated=bool(member_scores.truncated[row]), errors=errors[row],
-                decided_by=int(decisions.decided_by[row]) if self.decision.staged else None, categories=categories[row],
-                conversation=_conversation_report(member_scores, row),
+                decided_by=int(decisions.decided_by[row]) if path.staged else None, categories=categories[row],
+                conversation=_conversation_report(member_scores, row), kind=kind,
             ))
         return results
 

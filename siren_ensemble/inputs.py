@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 from . import files
 from .conversation import Conversation
 from .errors import InputError
-from .text import join_prompt_response
+from .input_kinds import PromptResponse
 
 _MAX_REPORTED = 5
 
@@ -29,10 +29,14 @@ class InputRecord:
     id: Any = None
     label: int | None = None
     conversation: Conversation | None = None
+    #: A ``prompt``/``response`` line's parts (scored on the response route when the response is not empty).
+    pair: PromptResponse | None = None
 
     @property
-    def scored(self) -> str | Conversation:
-        return self.conversation if self.conversation is not None else self.text
+    def scored(self) -> str | PromptResponse | Conversation:
+        if self.conversation is not None:
+            return self.conversation
+        return self.pair if self.pair is not None else self.text
 
 
 def read_inputs(path: str, require_label: bool = False) -> list[InputRecord]:
@@ -134,8 +138,10 @@ def record_of(item: dict, line: int | None = None, require_label: bool = False) 
     if not {"text", "prompt", "response"} & set(item):
         raise InputError("needs `text`, `prompt`/`response`, or `messages`")
     item, is_pair = _text_fields(item)
-    text = join_prompt_response(item.get("prompt"), item.get("response")) if is_pair else item["text"]
-    return InputRecord(text=text, line=line, id=item.get("id"), label=label)
+    if is_pair:
+        pair = PromptResponse(item.get("prompt"), item.get("response"))
+        return InputRecord(text=pair.text, line=line, id=item.get("id"), label=label, pair=pair)
+    return InputRecord(text=item["text"], line=line, id=item.get("id"), label=label)
 
 
 def parse_label(value: Any) -> int:

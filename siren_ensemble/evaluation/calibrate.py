@@ -15,6 +15,7 @@ the target; the validation numbers at that threshold stay in the report beside t
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +34,8 @@ from .cascade_bands import BandRule, CascadeFit, fit_bands
 from .categories import calibrate_categories
 from .metrics import binary_metrics, threshold_for_recall
 from .out_of_source import (
-    DEFAULT_SOURCE_FOLDS, RefitOptions, out_of_source_scores, per_source_thresholds, source_summary, threshold_for_source_recall,
+    DEFAULT_SOURCE_FOLDS, OutOfSourceScores, RefitOptions, out_of_source_scores, per_source_thresholds,
+    save_out_of_source_scores, source_summary, threshold_for_source_recall,
 )
 from .scoring import FeatureScorer
 
@@ -42,31 +44,42 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
               method: Method | None = None, calibration_out: str | Path | None = None,
               cache_dir: str | Path | None = None, progress: bool = False, min_source_harmful: int = 20,
               band_rule: BandRule = BandRule(), per_category: bool = False, out_of_source: bool = False,
-              source_folds: int = DEFAULT_SOURCE_FOLDS, refit: RefitOptions = RefitOptions()) -> dict:
+              source_folds: int = DEFAULT_SOURCE_FOLDS, refit: RefitOptions = RefitOptions(), kind: str | None = None,
+              held: OutOfSourceScores | None = None, scores_out: str | Path | None = None) -> dict:
     """The threshold (and a cascade's bands) reaching ``target_recall``, chosen on validation scores, or with
     ``out_of_source`` on train + validation scores from members refitted without each record's source (the median
     harmful source reaching the target; with ``per_source`` every source). The in-distribution numbers at the
-    chosen threshold stay in the report (``validation``)."""
+    chosen threshold stay in the report (``validation``).
+
+    ``kind`` ("prompt" or "response") chooses them for that kind's route alone, on the records of that kind
+    (``calibrate_by_kind`` does every kind); ``held`` reuses out-of-source scores computed before, and ``scores_out``
+    writes them (``.npz``) for analysis."""
     if not 0.0 < target_recall <= 1.0:
         raise InputError(f"--target-recall: must be in (0, 1], got {target_recall}")
     config = _config_without_bands(config_path)
-    if config.combiner.type == "vote":
-        raise ConfigError(f"{config_path}: combiner.type: vote decides by its rule, not a threshold; "
+    routed = config.for_kind(kind)
+    if routed.combiner.type == "vote":
+        where = f"by_kind.{kind}.combiner.type" if routed is not config else "combiner.type"
+        raise ConfigError(f"{config_path}: {where}: vote decides by its rule, not a threshold; "
                           "calibrate a score combiner (mean, weighted_mean, max, stacking)")
     plans, _ = validate_plan(config)
-    records = read_dataset(data, "validation")
+    all_records = read_dataset(data, "validation")
+    # Scored as a whole, then cut to the kind: the feature cache is keyed on the exact list of texts.
+    of_kind = np.array([kind is None or record.level == kind for record in all_records], dtype=bool)
+    records = [record for record, keep in zip(all_records, of_kind) if keep]
     labels = np.array([record.label for record in records], dtype=int)
     if labels.sum() == 0:
-        raise InputError(f"{data}: the validation data has no harmful records to set a recall threshold on")
+        what = f"no harmful {kind} records" if kind else "no harmful records"
+        raise InputError(f"{data}: the validation data has {what} to set a recall threshold on")
     if method is not None and calibration_out is None:
         raise InputError("--method needs --calibration-out, where the fitted mapping is written")
     if method is not None and out_of_source:
         raise InputError("--method fits a calibration on validation scores; --out-of-source chooses on refitted "
                          "members' scores: use one of the two")
     scorer = FeatureScorer(config, plans, cache_dir, progress)
-    member_scores = scorer.member_scores(records, "validation features")
+    member_scores = scorer.member_scores(all_records, "validation features")[of_kind]
     # Without bands a cascade decides every text at its last stage: every member's combined score.
-    path = DecisionPath.from_config(config, plans)
+    path = DecisionPath.from_config(routed, plans)
 
     calibration = None
     if method is None:
@@ -82,8 +95,11 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
     sources = np.array([record.source for record in records])
     held_out = None
     if out_of_source:
-        held_out = _choose_out_of_source(scorer, plans, path, data, target_recall, per_source, min_source_harmful,
-                                         band_rule, source_folds, refit)
+        if held is None:
+            held = out_of_source_scores(scorer, plans, read_dataset(data, "train"), all_records, source_folds, refit)
+            if scores_out is not None:
+                save_out_of_source_scores(held, [plan.name for plan in plans], scores_out)
+        held_out = _choose_out_of_source(held.of_kind(kind), path, target_recall, per_source, min_source_harmful, band_rule)
         threshold, per_source_threshold, cascade = held_out.threshold, held_out.per_source_threshold, held_out.cascade
     else:
         per_source_threshold = per_source_thresholds(labels, scores, sources, target_recall, min_source_harmful)
@@ -98,7 +114,7 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
     harmful_sources = {source: m["recall"] for source, m in by_source.items() if m["recall"] is not None}
     benign_sources = {source: m["fpr"] for source, m in by_source.items() if m["fpr"] is not None}
     return {
-        "config": str(config_path), "data": str(data), "target_recall": target_recall, "per_source": per_source,
+        "config": str(config_path), "data": str(data), "kind": kind, "target_recall": target_recall, "per_source": per_source,
         "chosen_on": "out_of_source" if out_of_source else "validation",
         "calibration": None if calibration is None else {"method": method, "path": str(calibration_out)},
         "threshold": threshold,
@@ -121,13 +137,12 @@ class _OutOfSourceChoice:
     report: dict
 
 
-def _choose_out_of_source(scorer: FeatureScorer, plans, path: DecisionPath, data, target_recall: float, every_source: bool,
-                          min_source_harmful: int, band_rule: BandRule, folds: int, refit: RefitOptions) -> _OutOfSourceChoice:
+def _choose_out_of_source(held: OutOfSourceScores, path: DecisionPath, target_recall: float, every_source: bool,
+                          min_source_harmful: int, band_rule: BandRule) -> _OutOfSourceChoice:
     """The threshold and bands chosen on out-of-source scores, and what they give there: overall, per held-out
     source and per kind of input (prompt alone, prompt and response)."""
-    held = out_of_source_scores(scorer, plans, read_dataset(data, "train"), read_dataset(data, "validation"), folds, refit)
     # Each fold refitted its own member calibrations: the scores are on the shared scale already.
-    held_path = replace(path, member_calibrations=(None,) * len(plans))
+    held_path = replace(path, member_calibrations=(None,) * len(path.member_names))
     combined = held_path.scores(held.member_scores)
     threshold, per_source_threshold = threshold_for_source_recall(held.labels, combined, held.sources, target_recall,
                                                                   every_source, min_source_harmful)
@@ -154,45 +169,83 @@ def _choose_out_of_source(scorer: FeatureScorer, plans, path: DecisionPath, data
     })
 
 
+def calibrate_by_kind(config_path: str | Path, data: str | Path, target_recall: float, **options) -> dict:
+    """``calibrate`` for each kind of input in the validation data, on its own route and records; out-of-source
+    scores are computed once for all kinds. The report holds each kind's under ``by_kind``."""
+    if options.get("method") is not None:
+        raise InputError("--by-kind chooses each kind's threshold on one scale: recalibrate (--method) without it first")
+    kinds = sorted({record.level for record in read_dataset(data, "validation")})
+    if options.get("out_of_source") and options.get("held") is None:
+        config = _config_without_bands(config_path)
+        plans, _ = validate_plan(config)
+        scorer = FeatureScorer(config, plans, options.get("cache_dir"), options.get("progress", False))
+        options["held"] = out_of_source_scores(scorer, plans, read_dataset(data, "train"), read_dataset(data, "validation"),
+                                               options.get("source_folds", DEFAULT_SOURCE_FOLDS),
+                                               options.get("refit", RefitOptions()))
+        if options.get("scores_out") is not None:
+            save_out_of_source_scores(options["held"], [plan.name for plan in plans], options["scores_out"])
+    return {"config": str(config_path), "data": str(data), "target_recall": target_recall,
+            "by_kind": {kind: calibrate(config_path, data, target_recall, kind=kind, **options) for kind in kinds}}
+
+
 def _config_without_bands(config_path: str | Path) -> EnsembleConfig:
-    """The config, with a cascade's bands left out: calibrate fits them anew at the threshold it picks."""
+    """The config, with a cascade's bands left out (every route's): calibrate fits them anew at the threshold it picks."""
     path = Path(config_path)
     raw = read_yaml(path)
-    combiner = raw.get("combiner") if isinstance(raw, dict) else None
-    if isinstance(combiner, dict) and combiner.get("type") == "cascade" and isinstance(combiner.get("stages"), list):
-        for stage in combiner["stages"]:
-            if isinstance(stage, dict):
-                stage.pop("low", None)
-                stage.pop("high", None)
+    routes = raw.get("by_kind") if isinstance(raw, dict) else None
+    combiners = [raw.get("combiner") if isinstance(raw, dict) else None,
+                 *[route.get("combiner") for route in (routes.values() if isinstance(routes, dict) else []) if isinstance(route, dict)]]
+    for combiner in combiners:
+        if isinstance(combiner, dict) and combiner.get("type") == "cascade" and isinstance(combiner.get("stages"), list):
+            for stage in combiner["stages"]:
+                if isinstance(stage, dict):
+                    stage.pop("low", None)
+                    stage.pop("high", None)
     if raw is None:
         raise ConfigError(f"{path}: empty config")
     return EnsembleConfig.from_dict(raw, base_dir=path.parent.resolve(), source=str(path))
 
 
-def write_calibrated_config(config_path: str | Path, out: str | Path, threshold: float, calibration_path: str | Path | None,
-                            cascade: dict | None = None, category_thresholds: dict[str, float] | None = None) -> Path:
+def write_calibrated_config(config_path: str | Path, out: str | Path, threshold: float | None, calibration_path: str | Path | None,
+                            cascade: dict | None = None, category_thresholds: dict[str, float] | None = None,
+                            by_kind: dict[str, dict] | None = None) -> Path:
     """A copy of the config with ``threshold`` (and ``calibration``, a cascade's bands, ``category_thresholds``) set;
-    paths stay relative to ``out``'s directory."""
+    paths stay relative to ``out``'s directory. ``by_kind`` (kind -> a ``calibrate(kind=...)`` report) writes each
+    kind's threshold, and a cascade's bands into a copy of its route's combiner, under ``by_kind``."""
     config_path, out = Path(config_path), Path(out)
     raw = read_yaml(config_path)
     relative = _relative_paths(raw, config_path.resolve().parent)
     if relative and out.resolve().parent != config_path.resolve().parent:
         raise InputError(f"--write-config: write it next to {config_path}: its {relative[0]} is a relative path")
-    raw["threshold"] = round(float(threshold), 6)
+    if threshold is not None:
+        raw["threshold"] = round(float(threshold), 6)
     if calibration_path is not None:
         raw["calibration"] = os.path.relpath(Path(calibration_path).resolve(), out.resolve().parent)
     if cascade is not None:
-        for stage, band in zip(raw["combiner"]["stages"], cascade["bands"]):
-            for side in ("low", "high"):
-                stage.pop(side, None)
-                if band[side] is not None:
-                    # Rounding moved the threshold a little; a band never crosses it (that narrows the band).
-                    clip = min if side == "low" else max
-                    stage[side] = clip(float(band[side]), raw["threshold"])
+        _write_bands(raw["combiner"], cascade, raw["threshold"])
+    for kind, report in (by_kind or {}).items():
+        route = raw.setdefault("by_kind", {}).setdefault(kind, {})
+        route["threshold"] = round(float(report["threshold"]), 6)
+        if report["cascade"] is not None:
+            if "combiner" not in route:  # the top level's, copied: these bands are this kind's alone
+                route["combiner"] = copy.deepcopy(raw["combiner"])
+                if raw.get("calibration") is not None:
+                    route.setdefault("calibration", raw["calibration"])
+            _write_bands(route["combiner"], report["cascade"], route["threshold"])
     if category_thresholds is not None:
         raw["category_thresholds"] = dict(category_thresholds)
     out.write_text(yaml.safe_dump(raw, sort_keys=False))
     return out
+
+
+def _write_bands(combiner: dict, cascade: dict, threshold: float) -> None:
+    for stage, band in zip(combiner["stages"], cascade["bands"]):
+        for side in ("low", "high"):
+            stage.pop(side, None)
+            if band[side] is not None:
+                # Rounding moved the threshold a little; a band never crosses it (that narrows the band).
+                clip = min if side == "low" else max
+                stage[side] = clip(float(band[side]), threshold)
 
 
 def _relative_paths(raw: dict, base_dir: Path) -> list[str]:

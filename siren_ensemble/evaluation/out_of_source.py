@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -56,6 +57,24 @@ class OutOfSourceScores:
     member_scores: np.ndarray
     #: The sources each fold held out.
     folds: list[tuple[str, ...]]
+
+    def of_kind(self, kind: str | None) -> "OutOfSourceScores":
+        """The records of one kind of input ("prompt" or "response"; None: all of them)."""
+        if kind is None:
+            return self
+        rows = np.array([record.level == kind for record in self.records], dtype=bool)
+        return OutOfSourceScores([record for record, keep in zip(self.records, rows) if keep], self.labels[rows],
+                                 self.sources[rows], self.is_validation[rows], self.member_scores[rows], self.folds)
+
+
+def save_out_of_source_scores(held: OutOfSourceScores, member_names: Sequence[str], path: str | Path) -> None:
+    """The held-out scores as ``.npz`` (member names, scores, labels, origin sources, sources, kinds, validation rows),
+    to compare members and routes without refitting again."""
+    np.savez_compressed(
+        path, member_names=np.array(member_names), member_scores=held.member_scores, labels=held.labels,
+        origin_sources=held.sources, sources=np.array([record.source for record in held.records]),
+        kinds=np.array([record.level for record in held.records]), is_validation=held.is_validation,
+    )
 
 
 def origin_sources(records: Sequence[SafetyRecord]) -> np.ndarray:

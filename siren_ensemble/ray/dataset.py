@@ -71,7 +71,7 @@ def score_records(ensemble: Ensemble, records: list[InputRecord | str], threshol
     """Each record's result, in order; a reason (a row with nothing to score) gets the failure policy's answer."""
     inputs = [row for row, record in enumerate(records) if isinstance(record, InputRecord)]
     failed = [row for row, record in enumerate(records) if not isinstance(record, InputRecord)]
-    scored = [ensemble.conversation_input(records[row].conversation, window) if records[row].conversation else records[row].text
+    scored = [ensemble.conversation_input(records[row].conversation, window) if records[row].conversation else records[row].scored
               for row in inputs]
     results: list[Any] = [None] * len(records)
     for row, result in zip(inputs, ensemble.score_batch(scored, threshold=threshold)):

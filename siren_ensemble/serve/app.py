@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from ..ensemble import Ensemble
 from ..errors import InputError
-from ..text import join_prompt_response
+from ..input_kinds import PromptResponse
 from .auth import is_authorized
 from .metrics import ServiceMetrics
 from .middleware import BodySizeLimit, HeaderSizeLimit, RequestMetrics
@@ -145,7 +145,7 @@ def create_app(ensemble: Ensemble | Callable[[], Ensemble], settings: ServeSetti
             for index, message in enumerate(text.messages):
                 _check_limits([message.content], settings, f"messages[{index + text.dropped_by_window}].content", single=True)
         else:
-            text = body.text if body.text is not None else join_prompt_response(body.prompt, body.response)
+            text = body.text if body.text is not None else PromptResponse(body.prompt, body.response)
         for field in ("text", "prompt", "response"):
             value = getattr(body, field)
             if value is not None:

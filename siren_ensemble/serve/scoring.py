@@ -12,6 +12,7 @@ import logging
 from typing import Any, Callable, Protocol
 
 from ..ensemble import Ensemble, EnsembleResult
+from ..input_kinds import Scorable, kind_of
 from .batcher import MicroBatcher, ScoreBatch
 from .metrics import ServiceMetrics
 from .settings import ServeSettings
@@ -58,29 +59,29 @@ class Scorer:
     def start(self) -> None:
         self.batcher.start()
 
-    def _score_batch(self, texts: list[str], abandoned) -> list[EnsembleResult]:
+    def _score_batch(self, texts: list[Scorable], abandoned) -> list[EnsembleResult]:
         return self.ensemble.score_batch(texts, abandoned=abandoned)
 
     async def stop(self) -> None:
         await self.batcher.stop()
 
-    async def score(self, texts: list[str], threshold: float | None = None) -> list[EnsembleResult]:
-        threshold = self.ensemble.threshold if threshold is None else threshold
+    async def score(self, texts: list[Scorable], threshold: float | None = None) -> list[EnsembleResult]:
         try:
             results = await asyncio.wait_for(self.batcher.score(texts), self.settings.request_timeout_s)
         except Exception as error:
             reason = _reason(error, self.settings)
-            results = [self.policy_result(reason, threshold) for _ in texts]
+            results = [self.policy_result(reason, self.ensemble.threshold_for(kind_of(text)) if threshold is None else threshold)
+                       for text in texts]
         else:
-            # The batch was scored at the ensemble's threshold; each request's own decides it again.
-            results = [self.ensemble.decided_at(result, threshold) for result in results]
+            if threshold is not None:  # the batch was scored at each route's threshold; the request's own decides again
+                results = [self.ensemble.decided_at(result, threshold) for result in results]
         self.metrics.record_verdicts(results)
         return results
 
     async def open_stream(self, prompt: str | None, threshold: float | None) -> "ScoredStream":
         """An incremental ``Ensemble.stream``, created (like every model call) on the model thread."""
         stream = await self.batcher.run_on_model_thread(lambda: self.ensemble.stream(prompt=prompt, threshold=threshold))
-        return ScoredStream(self, stream, self.ensemble.threshold if threshold is None else threshold)
+        return ScoredStream(self, stream, self.ensemble.threshold_for("response") if threshold is None else threshold)
 
     def policy_result(self, reason: str, threshold: float) -> EnsembleResult:
         """The answer when no score came: flagged (fail closed) or not (fail open), with the reason."""
