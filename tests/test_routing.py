@@ -267,3 +267,26 @@ def yaml_load(path):
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+def test_evaluate_decides_a_routed_config_as_the_runtime_does(heads, mixed_split, write_config, tmp_path):
+    from siren_ensemble.data.records import read_dataset
+    from siren_ensemble.evaluation.evaluate import EvaluateOptions, evaluate
+    from siren_ensemble.evaluation.metrics import binary_metrics
+
+    path = write_config(_raw(heads, by_kind={"response": RESPONSE_ROUTE}), name="routed.yaml")
+    report = evaluate(path, mixed_split, EvaluateOptions(baselines=False, leave_one_source_out=False, stackers=False,
+                                                         record_scores=True), cache_dir=tmp_path / "cache")
+    test = read_dataset(mixed_split, "test")
+    ensemble = Ensemble.from_config(path)
+    results = ensemble.score_batch([PromptResponse(r.prompt, r.response) if r.level == "response" else r.text for r in test])
+    assert [r.kind for r in results] == [r.level for r in test]
+    reported = np.array(report["record_scores"]["ensemble (config)"])
+    assert list(reported >= 0.5) == [r.is_harmful for r in results]  # every verdict is the runtime's
+    labels = np.array([r.label for r in test])
+    for kind in ("prompt", "response"):
+        rows = np.array([r.level == kind for r in test])
+        runtime = binary_metrics(labels[rows], np.array([r.score for r in results])[rows], ensemble.threshold_for(kind))
+        by_kind = report["by_kind"][kind]["ensemble (config)"]
+        for key in ("auroc", "recall", "fpr"):
+            assert by_kind[key] == pytest.approx(runtime.to_dict()[key], abs=1e-6), (kind, key)

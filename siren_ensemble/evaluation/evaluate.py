@@ -138,7 +138,8 @@ def evaluate(config_path: str | Path, data: str | Path, options: EvaluateOptions
         "target_recall": options.target_recall,
         "scorers": {name: _metrics_by_source(evaluated, scored) for name, scored in outputs.items()},
     }
-    if own.staged and len(plans) > 1:
+    report["by_kind"] = _metrics_by_kind(evaluated, outputs)
+    if own.staged and len(plans) > 1 and not config.by_kind:
         report["cascade"] = _cascade_report(own, config, evaluated, outputs)
     configured = outputs["ensemble (config)" if len(plans) > 1 else f"member {plans[0].name}"]
     report["languages"] = language_report(config.languages, evaluated.records, evaluated.labels, configured.scores,
@@ -222,13 +223,16 @@ def _scorer_outputs(config: EnsembleConfig, plans: list[MemberPlan], evaluated: 
         calibrated = own.calibrated_members(val_scores)
         tuned = [threshold_for_recall(val_labels, calibrated[:, column], target_recall) for column in range(len(plans))]
     configured = DecisionPath.from_config(config, plans, thresholds=tuned)
-    paths = [("ensemble (config)", configured)] + [
+    paths = [] if config.by_kind else [("ensemble (config)", configured)]
+    paths += [
         (f"ensemble {name}" + (f" {opts['rule']}" if opts else ""),
          DecisionPath.from_config(config, plans, CombinerConfig(type=name, **opts), thresholds=tuned))
         for name, opts in ALTERNATIVE_COMBINERS
     ]
-    if configured.staged:  # the cascade beside what it saves compute against
+    if configured.staged and not config.by_kind:  # the cascade beside what it saves compute against
         paths.insert(1, (EVERY_MEMBER_ROW, configured.without_bands()))
+    if config.by_kind:
+        outputs["ensemble (config)"] = _routed_output(config, plans, evaluated, validation, target_recall)
     for label, path in paths:
         if path.combiner.name == "vote":
             threshold = path.threshold  # the rule decides
@@ -238,6 +242,45 @@ def _scorer_outputs(config: EnsembleConfig, plans: list[MemberPlan], evaluated: 
     if cross_fitted is not None and validation is not None:
         outputs.update(_stacker_outputs(own, plans, evaluated, validation, options, cross_fitted))
     return outputs
+
+
+#: The shared scale of a routed config's row: each kind's threshold maps onto it (``_onto_shared_scale``).
+ROUTED_THRESHOLD = 0.5
+
+
+def _routed_output(config: EnsembleConfig, plans: list[MemberPlan], evaluated: _SplitData, validation: _SplitData | None,
+                   target_recall: float | None) -> Scored:
+    """A ``by_kind`` config's row: each record scored by its kind's route and compared with that route's threshold
+    (chosen on the kind's validation records with a target recall). The scores are mapped onto one scale on which every
+    route's threshold is ``ROUTED_THRESHOLD``, monotonically per kind: verdicts, and AUROC within a kind, are the
+    routes' own."""
+    scores = np.zeros(len(evaluated.labels))
+    for kind in sorted({record.level for record in evaluated.records}):
+        path = DecisionPath.from_config(config.for_kind(kind), plans)
+        rows = np.array([record.level == kind for record in evaluated.records])
+        threshold = path.threshold
+        if validation is not None and target_recall is not None:
+            of_kind = np.array([record.level == kind for record in validation.records])
+            if validation.labels[of_kind].sum():
+                threshold = threshold_for_recall(validation.labels[of_kind], path.scores(validation.member_scores[of_kind]),
+                                                 target_recall)
+        scores[rows] = _onto_shared_scale(path.scores(evaluated.member_scores[rows]), threshold)
+    return Scored(scores, ROUTED_THRESHOLD)
+
+
+def _onto_shared_scale(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """[0, threshold] onto [0, ROUTED_THRESHOLD] and [threshold, 1] onto [ROUTED_THRESHOLD, 1], linearly."""
+    below = scores * ROUTED_THRESHOLD / threshold if threshold > 0 else np.zeros_like(scores)
+    above = ROUTED_THRESHOLD + (scores - threshold) * (1 - ROUTED_THRESHOLD) / (1 - threshold) if threshold < 1 else np.ones_like(scores)
+    return np.where(scores >= threshold, above, below)
+
+
+def _metrics_by_kind(evaluated: _SplitData, outputs: dict[str, Scored]) -> dict:
+    """Every scorer's metrics on prompts alone and on prompt+response records alone (at its own threshold)."""
+    kinds = np.array([record.level for record in evaluated.records])
+    return {kind: {name: binary_metrics(evaluated.labels[kinds == kind], scored.scores[kinds == kind], scored.threshold).to_dict()
+                   for name, scored in outputs.items()}
+            for kind in sorted(set(kinds.tolist()))}
 
 
 def _cascade_report(path: DecisionPath, config: EnsembleConfig, evaluated: _SplitData, outputs: dict[str, Scored]) -> dict:

@@ -46,10 +46,24 @@ def source_table(by_scorer: dict[str, dict[str, dict]]) -> str:
     return _table(["source", "harmful/benign", "metric"] + scorers, rows)
 
 
+KIND_COLUMNS = (("auroc", "AUROC"), ("recall", "recall"), ("fpr", "FPR"))
+
+
+def by_kind_table(by_kind: dict[str, dict[str, dict]]) -> str:
+    """Rows are scorers; per kind of input, its AUROC, recall and FPR (at the scorer's threshold)."""
+    kinds = list(by_kind)
+    scorers = list(next(iter(by_kind.values()), {}))
+    rows = [[name] + [_cell(by_kind[kind][name][key]) for kind in kinds for key, _ in KIND_COLUMNS] for name in scorers]
+    return _table(["scorer"] + [f"{kind} {label}" for kind in kinds for _, label in KIND_COLUMNS], rows)
+
+
 def render(report: dict) -> str:
     parts = [f"## Overall ({report.get('split') or 'data'})", overall_table(report), "",
              f"## Per source ({report.get('split') or 'data'})",
              source_table({name: result["per_source"] for name, result in report["scorers"].items()})]
+    if report.get("by_kind"):
+        parts += ["", f"## By kind of input ({report.get('split') or 'data'}: prompts alone, prompt and response)",
+                  by_kind_table(report["by_kind"])]
     if report.get("cascade"):
         parts += ["", f"## Cascade ({report.get('split') or 'data'})", cascade_table(report["cascade"])]
     if report.get("languages"):
