@@ -257,10 +257,17 @@ def test_calibrate_by_kind_out_of_source_refits_once_and_writes_the_held_out_sco
     saved = np.load(scores_out)
     assert list(saved["member_names"]) == ["llama", "qwen3"]
     assert sorted(set(saved["kinds"].tolist())) == ["prompt", "response"]
+    from sklearn.metrics import roc_auc_score
+
     for kind in ("prompt", "response"):
         held = report["by_kind"][kind]["out_of_source"]
-        assert held["records"] == int((saved["kinds"] == kind).sum())
+        rows = saved["kinds"] == kind
+        assert held["records"] == int(rows.sum())
         assert held["by_kind"].keys() == {kind}
+        for column, name in enumerate(saved["member_names"]):  # each member's own held-out ranking, beside the ensemble's
+            expected = roc_auc_score(saved["labels"][rows], saved["member_scores"][rows, column])
+            assert held["auroc"][kind][f"member {name}"] == pytest.approx(expected, abs=1e-12)
+        assert 0.5 <= held["auroc"][kind]["ensemble"] <= 1.0
 
 
 def yaml_load(path):

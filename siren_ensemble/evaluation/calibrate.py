@@ -161,12 +161,23 @@ def _choose_out_of_source(held: OutOfSourceScores, path: DecisionPath, target_re
         by_kind[kind] = {"threshold_by_the_same_rule": own,
                          **source_summary(held.labels[rows], combined[rows], held.sources[rows], threshold, min_source_harmful)}
     return _OutOfSourceChoice(threshold, per_source_threshold, cascade, {
+        "auroc": _held_out_auroc(held, combined, path.member_names),
         "folds": [list(fold) for fold in held.folds],
         "rule": "every harmful source reaches the target" if every_source else "the median harmful source reaches the target",
         "records": int(len(held.labels)), "harmful": int(held.labels.sum()),
         **source_summary(held.labels, combined, held.sources, threshold, min_source_harmful),
         "by_kind": by_kind,
     })
+
+
+def _held_out_auroc(held: OutOfSourceScores, combined: np.ndarray, member_names: tuple[str, ...]) -> dict:
+    """AUROC on the held-out scores of the ensemble (as configured) and of each member alone, overall and per kind of
+    input: the ensemble should rank at least as well as every member, for prompts and responses apart."""
+    kinds = np.array([record.level for record in held.records])
+    views = {"all": np.ones(len(kinds), dtype=bool), **{kind: kinds == kind for kind in sorted(set(kinds.tolist()))}}
+    columns = {"ensemble": combined, **{f"member {name}": held.member_scores[:, index] for index, name in enumerate(member_names)}}
+    return {view: {name: binary_metrics(held.labels[rows], scores[rows], 0.5).auroc for name, scores in columns.items()}
+            for view, rows in views.items()}
 
 
 def calibrate_by_kind(config_path: str | Path, data: str | Path, target_recall: float, **options) -> dict:
