@@ -140,3 +140,37 @@ def test_evaluate_reports_each_language_as_the_heads_score_it_and_as_the_runtime
     assert list(language_report(LanguagesConfig(), marked, np.array([1]), np.array([0.9]), 0.5)["by_language"]) == ["de"]
     scored_only = language_report(LanguagesConfig(unvalidated="score"), records, labels, scores, threshold=0.5)
     assert scored_only["by_language"]["hi"]["runtime"]["recall"] == 0.5 and scored_only["flagged_by_language"] == 0
+
+
+def test_evaluate_leaves_each_translated_language_out(two_member_config, synthetic_data, trained_heads, tmp_path, monkeypatch):
+    """Leave one language out: each translated language's records, from every split, scored by members refitted on the
+    other languages' train records alone."""
+    from dataclasses import replace as replaced
+
+    from siren_ensemble.data.records import read_dataset, write_records
+    from siren_ensemble.evaluation import evaluate as evaluate_module
+    from siren_ensemble.evaluation.evaluate import EvaluateOptions, evaluate
+    from siren_ensemble.evaluation.tables import render
+
+    split = tmp_path / "translated"
+    split.mkdir()
+    counts = {"es": 0, "de": 0}
+    for name in ("train", "validation", "test"):
+        records = read_dataset(synthetic_data, name)
+        translated = [replaced(record, text=f"[{language}] {record.text}", language=language)
+                      for index, record in enumerate(records) for language in ("es", "de") if index % 4 == ("es", "de").index(language)]
+        for record in translated:
+            counts[record.language] += 1
+        write_records(split / f"{name}.jsonl", records + translated)
+    fitted_on = []
+    real = evaluate_module.refit_scores
+    monkeypatch.setattr(evaluate_module, "refit_scores", lambda x, labels, *rest: fitted_on.append(len(labels)) or real(x, labels, *rest))
+    report = evaluate(two_member_config, split, EvaluateOptions(baselines=False, stackers=False), cache_dir=trained_heads["cache"])
+    lolo = report["leave_one_language_out"]
+    assert set(lolo) == {"es", "de"}  # English is what they were translated from: not held out
+    for language in ("es", "de"):
+        assert lolo[language]["member llama"]["count"] == counts[language]
+    train = read_dataset(split, "train")
+    without = {language: sum(1 for record in train if record.language != language) for language in ("es", "de")}
+    assert without["es"] in fitted_on and without["de"] in fitted_on  # each refit saw the train split without its language
+    assert "## Leave one language out" in render(report)

@@ -154,6 +154,11 @@ def evaluate(config_path: str | Path, data: str | Path, options: EvaluateOptions
     if options.leave_one_source_out and train is not None:
         logger.info("leave-one-source-out: refitting members and baselines without each source")
         report["leave_one_source_out"] = _leave_one_source_out(config, plans, splits, options, cross_fitted)
+        if any(record.language for split in splits.values() for record in split.records):
+            logger.info("leave-one-language-out: refitting members without each translated language")
+            # Stackers are left out: their cross-fitted scores saw every language.
+            report["leave_one_language_out"] = _leave_one_source_out(config, plans, splits, replace(options, stackers=False),
+                                                                     None, group_of=_language_of)
     if any(plan.categories is not None for plan in plans):
         logger.info("harm categories: per-category metrics%s", " and leave-one-source-out refits" if train is not None else "")
         everything = _concat([splits[name] for name in SPLITS]) if options.leave_one_source_out and train is not None else None
@@ -359,16 +364,28 @@ def _metrics_by_source(data: _SplitData, scored: Scored) -> dict:
             "overall": binary_metrics(data.labels, scored.scores, scored.threshold).to_dict(), "per_source": per_source}
 
 
+def _source_of(record: SafetyRecord) -> str:
+    return record.source
+
+
+def _language_of(record: SafetyRecord) -> str:
+    return record.language or "en"
+
+
 def _leave_one_source_out(config: EnsembleConfig, plans, splits: dict[str, _SplitData], options: EvaluateOptions,
-                          cross_fitted: _CrossFitted | None) -> dict:
+                          cross_fitted: _CrossFitted | None, group_of=_source_of) -> dict:
+    """Per group (a source; with ``group_of=_language_of``, a translated language), its records from every split scored
+    by members refitted without them."""
     train, validation = splits["train"], splits["validation"]
     everything = _concat([splits[name] for name in SPLITS])
     params = [member_mlp_params(plan.head) for plan in plans]
-    sources = sorted({record.source for record in everything.records})
-    # Sources are independent and every fit is seeded, so processes side by side give the same table.
+    groups = sorted({group_of(record) for record in everything.records})
+    if group_of is _language_of:  # the translations' transfer; English is what every language was translated from
+        groups = [group for group in groups if group != "en"]
+    # Groups are independent and every fit is seeded, so processes side by side give the same table.
     held_out = Parallel(n_jobs=options.jobs)(
-        delayed(_held_out_source)(source, config, plans, train, validation, everything, params, options, cross_fitted)
-        for source in sources
+        delayed(_held_out_source)(group, config, plans, train, validation, everything, params, options, cross_fitted, group_of)
+        for group in groups
     )
     table = {source: metrics for source, metrics, _ in held_out if metrics is not None}
     examples = {source: shown for source, metrics, shown in held_out if metrics is not None and shown is not None}
@@ -378,16 +395,18 @@ def _leave_one_source_out(config: EnsembleConfig, plans, splits: dict[str, _Spli
 
 
 def _held_out_source(source: str, config: EnsembleConfig, plans, train: _SplitData, validation: _SplitData,
-                     everything: _SplitData, params, options: EvaluateOptions, cross_fitted: _CrossFitted | None):
+                     everything: _SplitData, params, options: EvaluateOptions, cross_fitted: _CrossFitted | None,
+                     group_of=_source_of):
     """One leave-one-source-out row: (source, metrics by scorer or None when a class is missing, misclassified examples)."""
-    held_out = everything.subset(_rows(everything, source, keep=True))
-    fit, tune = train.subset(_rows(train, source, keep=False)), validation.subset(_rows(validation, source, keep=False))
+    held_out = everything.subset(_rows(everything, source, keep=True, group_of=group_of))
+    fit = train.subset(_rows(train, source, keep=False, group_of=group_of))
+    tune = validation.subset(_rows(validation, source, keep=False, group_of=group_of))
     if len(set(fit.labels.tolist())) < 2 or len(set(tune.labels.tolist())) < 2:
         return source, None, None  # without this source one class is missing: nothing to fit
     for column in range(len(plans)):
         tune.member_scores[:, column], held_out.member_scores[:, column] = refit_scores(
             fit.member_x[column], fit.labels, params[column], [tune.member_x[column], held_out.member_x[column]], options.seed)
-    others = cross_fitted.without(source) if cross_fitted is not None else None
+    others = cross_fitted.without(source) if cross_fitted is not None and group_of is _source_of else None
     outputs = _scorer_outputs(config, plans, held_out, tune, options, others)
     if options.baselines:
         outputs.update(_baseline_outputs(plans, fit, tune, held_out, options.target_recall))
@@ -415,8 +434,8 @@ def _misclassified(records: Sequence[SafetyRecord], scored: Scored, per_source: 
     return found
 
 
-def _rows(data: _SplitData, source: str, keep: bool) -> np.ndarray:
-    return np.array([i for i, record in enumerate(data.records) if (record.source == source) == keep], dtype=int)
+def _rows(data: _SplitData, group: str, keep: bool, group_of=_source_of) -> np.ndarray:
+    return np.array([i for i, record in enumerate(data.records) if (group_of(record) == group) == keep], dtype=int)
 
 
 def _concat(parts: list[_SplitData]) -> _SplitData:

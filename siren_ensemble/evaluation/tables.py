@@ -57,6 +57,17 @@ def by_kind_table(by_kind: dict[str, dict[str, dict]]) -> str:
     return _table(["scorer"] + [f"{kind} {label}" for kind in kinds for _, label in KIND_COLUMNS], rows)
 
 
+def _by_scorer(held_out: dict[str, dict]) -> dict[str, dict]:
+    """A held-out table (group -> scorer -> metrics) turned scorer -> group -> metrics."""
+    by_scorer: dict[str, dict] = {}
+    for group, results in held_out.items():
+        if group == "_misclassified":
+            continue
+        for name, metrics in results.items():
+            by_scorer.setdefault(name, {})[group] = metrics
+    return by_scorer
+
+
 def render(report: dict) -> str:
     parts = [f"## Overall ({report.get('split') or 'data'})", overall_table(report), "",
              f"## Per source ({report.get('split') or 'data'})",
@@ -72,14 +83,11 @@ def render(report: dict) -> str:
         parts += ["", f"## Languages ({report.get('split') or 'data'}; runtime: the `languages` rule applied)",
                   language_table(report["languages"])]
     loso = report.get("leave_one_source_out")
-    if loso:
-        by_scorer: dict[str, dict] = {}
-        for source, results in loso.items():
-            if source == "_misclassified":
-                continue
-            for name, metrics in results.items():
-                by_scorer.setdefault(name, {})[source] = metrics
-        parts += ["", "## Leave one source out (each source scored by members refitted without it)", source_table(by_scorer)]
+    for key, title in (("leave_one_source_out", "Leave one source out (each source scored by members refitted without it)"),
+                       ("leave_one_language_out", "Leave one language out (each translated language scored by members "
+                                                  "refitted without it)")):
+        if report.get(key):
+            parts += ["", f"## {title}", source_table(_by_scorer(report[key]))]
     if report.get("categories"):
         parts += ["", f"## Harm categories ({report.get('split') or 'data'}, ensemble)", category_table(report["categories"])]
         if report["categories"].get("leave_one_source_out"):
