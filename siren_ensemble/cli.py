@@ -262,12 +262,12 @@ def list_plugins(as_json):
 def validate(config_path):
     """Check a config, its heads and its backbones' configs without loading weights, scoring or running repository code."""
     from .config import load_config
-    from .decision import DecisionPath
+    from .routing import Routes
     from .members import describe_plan, describe_streams_before_loading, validate_plan
 
     config = load_config(config_path)
     plans, _combiner = validate_plan(config, remote_code=False)
-    DecisionPath.from_config(config, plans)  # the threshold, the calibration file, a cascade's bands against both
+    Routes.from_config(config, plans)  # every route's threshold, calibration file and cascade bands against both
     click.echo(f"{config_path}: OK")
     click.echo(describe_plan(config, plans))
     for line in describe_streams_before_loading(plans):
@@ -793,7 +793,7 @@ def serve(ctx, config_path, host, port, api_key, max_body_bytes, max_inputs, max
     except ImportError as error:
         raise SirenError(f"the service needs the `serve` extra: pip install 'siren-ensemble[serve]' ({error})") from None
     from .config import load_config
-    from .decision import DecisionPath
+    from .routing import Routes
     from .ensemble import Ensemble
     from .members import validate_plan
 
@@ -812,7 +812,7 @@ def serve(ctx, config_path, host, port, api_key, max_body_bytes, max_inputs, max
         run_service(config, settings, options, address, announce=lambda line: click.echo(line, err=True))
         return
     # A bad config stops here, before the port opens; weights load in the background.
-    DecisionPath.from_config(config, validate_plan(config)[0])
+    Routes.from_config(config, validate_plan(config)[0])
     build_server(create_app(lambda: Ensemble.from_config(config), settings), settings, log_level=log_level).run()
 
 

@@ -77,9 +77,11 @@ class DecisionPath:
 
     @classmethod
     def from_config(cls, config: EnsembleConfig, plans: Sequence[MemberPlan],
-                    combiner: CombinerConfig | None = None, thresholds: Sequence[float] | None = None) -> "DecisionPath":
+                    combiner: CombinerConfig | None = None, thresholds: Sequence[float] | None = None,
+                    where: str = "") -> "DecisionPath":
         """The config's path; ``combiner`` swaps in another combiner (without the config's calibration and
-        threshold, which were chosen for the config's own combiner), ``thresholds`` replaces the members' ones."""
+        threshold, which were chosen for the config's own combiner), ``thresholds`` replaces the members' ones.
+        ``where`` names the part of the config it comes from in errors (``by_kind.response.``)."""
         built = build_combiner(config, plans, combiner, thresholds)
         own = combiner is None
         implied = built.default_threshold()
@@ -92,7 +94,7 @@ class DecisionPath:
             try:
                 check_bands_against_threshold(built.stages(), threshold)
             except ConfigError as error:
-                raise ConfigError(f"{config.source}: {error}") from None
+                raise ConfigError(f"{config.source}: {where}{error}") from None
         return cls(tuple(plan.name for plan in plans), tuple(plan.calibration for plan in plans), built, calibration,
                    threshold, config.on_member_error)
 

@@ -33,7 +33,8 @@ class Routes:
     @classmethod
     def from_config(cls, config: EnsembleConfig, plans: Sequence[MemberPlan]) -> "Routes":
         return cls(DecisionPath.from_config(config, plans),
-                   {kind: DecisionPath.from_config(config.for_kind(kind), plans) for kind in config.by_kind})
+                   {kind: DecisionPath.from_config(config.for_kind(kind), plans, where=f"by_kind.{kind}.")
+                    for kind in config.by_kind})
 
     @property
     def routed(self) -> bool:

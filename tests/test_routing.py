@@ -187,6 +187,8 @@ def test_the_service_routes_prompt_and_response_bodies(routed):
     with service(routed, batch_wait_ms=5) as url:
         pair = httpx.post(f"{url}/v1/score", json={"prompt": PROMPTS[1], "response": ANSWERS[1]}).json()
         text = httpx.post(f"{url}/v1/score", json={"text": PROMPTS[1]}).json()
+        moderation = httpx.post(f"{url}/v1/moderations", json={"input": PROMPTS[1]}).json()["results"][0]["siren"]
+    assert moderation["kind"] == "prompt" and moderation["threshold"] == 0.5
     direct = routed.score(prompt=PROMPTS[1], response=ANSWERS[1])
     assert pair["kind"] == "response" and pair["threshold"] == 0.45 and pair["score"] == pytest.approx(direct.score, abs=1e-9)
     assert text["kind"] == "prompt" and text["threshold"] == 0.5
@@ -297,3 +299,50 @@ def test_evaluate_decides_a_routed_config_as_the_runtime_does(heads, mixed_split
         by_kind = report["by_kind"][kind]["ensemble (config)"]
         for key in ("auroc", "recall", "fpr"):
             assert by_kind[key] == pytest.approx(runtime.to_dict()[key], abs=1e-6), (kind, key)
+
+
+def test_scores_decided_at_different_thresholds_share_one_scale_with_the_same_verdicts():
+    from siren_ensemble.evaluation.metrics import ROUTED_THRESHOLD, onto_shared_scale
+
+    scores = np.random.default_rng(1).uniform(0, 1, 400)
+    thresholds = np.where(np.arange(400) % 2 == 0, 0.2, 0.7)
+    shared = onto_shared_scale(scores, thresholds)
+    assert list(shared >= ROUTED_THRESHOLD) == list(scores >= thresholds)
+    for value in (0.2, 0.7):  # the order within one threshold is kept
+        rows = thresholds == value
+        assert list(np.argsort(shared[rows])) == list(np.argsort(scores[rows]))
+    assert onto_shared_scale(np.array([0.0, 1.0]), 0.3).tolist() == [0.0, 1.0]
+
+
+def test_evaluate_conversations_counts_each_verdict_at_its_own_route(heads, write_config, tmp_path):
+    from siren_ensemble.data.conversations import ConversationRecord, write_conversations
+    from siren_ensemble.evaluation.conversations import evaluate_conversations
+
+    with pytest.raises(ConfigError, match=r"by_kind\.response\.combiner\.stages\[0\]\.low: 0\.45 is above the decision threshold 0\.05"):
+        Ensemble.from_config(write_config(_raw(heads, by_kind={"response": {"threshold": 0.05}}), name="bands.yaml"))
+    route = {"combiner": {"type": "logit_mean"}, "threshold": 0.05}
+    config = write_config(_raw(heads, by_kind={"response": route}), name="routed-chat.yaml")
+    chats = []
+    for index, (prompt, answer) in enumerate(zip(PROMPTS, ANSWERS)):
+        turns = [{"role": "user", "content": prompt}] + ([{"role": "assistant", "content": answer}] if index % 2 else [])
+        chats.append(ConversationRecord(f"c{index}", "benign_multi_turn", 0, "test", Conversation.parse(turns)))
+    path = tmp_path / "chats.jsonl"
+    write_conversations(path, chats)
+    report = evaluate_conversations(config, path, window=1)
+    ensemble = Ensemble.from_config(config)
+    in_context = ensemble.score_batch([ensemble.conversation_input(c.conversation, 1, judge="context") for c in chats])
+    assert [r.kind for r in in_context] == ["prompt", "response", "prompt", "response"]
+    # Every answered chat is flagged at the response route's 0.05, none of the others at 0.5: the FPR says so.
+    assert [r.is_harmful for r in in_context] == [False, True, False, True]
+    assert report["overall"]["in_context"]["fpr"] == pytest.approx(0.5)
+    assert report["threshold"] == {"prompt": 0.5, "response": 0.05}
+
+
+def test_corpus_rows_carry_the_kind_of_a_routed_config(routed, unrouted):
+    pytest.importorskip("pyarrow")
+    from siren_ensemble.ray.rows import output_schema, results_table
+
+    results = routed.score_batch(["q", PromptResponse("q", "a")])
+    table = results_table(None, results, routed)
+    assert table.column("kind").to_pylist() == ["prompt", "response"]
+    assert "kind" in output_schema(unrouted, None).names  # null for an unrouted config, left out of its JSON lines

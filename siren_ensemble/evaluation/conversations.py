@@ -16,7 +16,7 @@ import numpy as np
 
 from ..data.conversations import KINDS, read_conversations
 from ..ensemble import Ensemble
-from .metrics import binary_metrics
+from .metrics import ROUTED_THRESHOLD, binary_metrics, onto_shared_scale
 
 
 def evaluate_conversations(config_path: str | Path, data: str | Path, window: int | None = None,
@@ -26,17 +26,25 @@ def evaluate_conversations(config_path: str | Path, data: str | Path, window: in
     window = ensemble.config.conversation.window if window is None else window
     in_context = ensemble.score_batch([ensemble.conversation_input(r.conversation, window, judge="context") for r in records],
                                       progress=progress)
-    alone = ensemble.score_batch([r.conversation.last_turns_text() for r in records], progress=progress)
+    alone = ensemble.score_batch([ensemble.conversation_input(r.conversation, window, judge="last_turns") for r in records],
+                                 progress=progress)
     labels = np.array([r.label for r in records])
     kinds = np.array([r.kind for r in records])
-    scores = {"in_context": np.array([r.score for r in in_context]), "last_turns_alone": np.array([r.score for r in alone])}
+    views = (("in_context", in_context), ("last_turns_alone", alone))
+    if ensemble.routes.routed:  # each score on the scale where its own route's threshold is the shared one
+        scores = {way: onto_shared_scale([r.score for r in results], [r.threshold for r in results]) for way, results in views}
+        threshold = ROUTED_THRESHOLD
+    else:
+        scores = {way: np.array([r.score for r in results]) for way, results in views}
+        threshold = ensemble.threshold
     scores["either"] = np.maximum(scores["in_context"], scores["last_turns_alone"])
 
     def summary(rows: np.ndarray) -> dict:
-        return {way: binary_metrics(labels[rows], values[rows], ensemble.threshold).to_dict() for way, values in scores.items()}
+        return {way: binary_metrics(labels[rows], values[rows], threshold).to_dict() for way, values in scores.items()}
 
     return {
-        "config": str(config_path), "data": str(data), "window": window, "threshold": ensemble.threshold,
+        "config": str(config_path), "data": str(data), "window": window,
+        "threshold": ensemble.threshold if not ensemble.routes.routed else ensemble.routes.thresholds(),
         "overall": summary(np.ones(len(records), dtype=bool)),
         "per_kind": {kind: summary(kinds == kind) for kind in KINDS if (kinds == kind).any()},
         "context_turns_read": float(np.mean([r.conversation.context_turns for r in in_context if r.conversation])),

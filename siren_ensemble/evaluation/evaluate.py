@@ -36,7 +36,7 @@ from ..training.pipeline import REPORT_FILE
 from . import baselines, plots
 from .categories import evaluate_categories
 from .crossfit import cross_fitted_member_scores, cross_fitted_stacker, stacker_inputs
-from .metrics import binary_metrics, threshold_for_recall
+from .metrics import ROUTED_THRESHOLD, binary_metrics, onto_shared_scale, threshold_for_recall
 from .refit import member_mlp_params, refit_scores
 from .scoring import FeatureScorer
 
@@ -249,10 +249,6 @@ def _scorer_outputs(config: EnsembleConfig, plans: list[MemberPlan], evaluated: 
     return outputs
 
 
-#: The shared scale of a routed config's row: each kind's threshold maps onto it (``_onto_shared_scale``).
-ROUTED_THRESHOLD = 0.5
-
-
 def _routed_output(config: EnsembleConfig, plans: list[MemberPlan], evaluated: _SplitData, validation: _SplitData | None,
                    target_recall: float | None) -> Scored:
     """A ``by_kind`` config's row: each record scored by its kind's route and compared with that route's threshold
@@ -269,15 +265,8 @@ def _routed_output(config: EnsembleConfig, plans: list[MemberPlan], evaluated: _
             if validation.labels[of_kind].sum():
                 threshold = threshold_for_recall(validation.labels[of_kind], path.scores(validation.member_scores[of_kind]),
                                                  target_recall)
-        scores[rows] = _onto_shared_scale(path.scores(evaluated.member_scores[rows]), threshold)
+        scores[rows] = onto_shared_scale(path.scores(evaluated.member_scores[rows]), threshold)
     return Scored(scores, ROUTED_THRESHOLD)
-
-
-def _onto_shared_scale(scores: np.ndarray, threshold: float) -> np.ndarray:
-    """[0, threshold] onto [0, ROUTED_THRESHOLD] and [threshold, 1] onto [ROUTED_THRESHOLD, 1], linearly."""
-    below = scores * ROUTED_THRESHOLD / threshold if threshold > 0 else np.zeros_like(scores)
-    above = ROUTED_THRESHOLD + (scores - threshold) * (1 - ROUTED_THRESHOLD) / (1 - threshold) if threshold < 1 else np.ones_like(scores)
-    return np.where(scores >= threshold, above, below)
 
 
 def _metrics_by_kind(evaluated: _SplitData, outputs: dict[str, Scored]) -> dict:

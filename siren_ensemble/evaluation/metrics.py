@@ -94,3 +94,18 @@ def threshold_for_recall(labels, scores, target: float) -> float:
     tightest = float(harmful_scores[max(needed, 1) - 1])
     benign_below = scores[(labels == 0) & (scores < tightest)]
     return tightest if len(benign_below) == 0 else float((tightest + benign_below.max()) / 2)
+
+
+#: The shared scale of scores decided at different thresholds (a ``by_kind`` config's routes): each threshold maps here.
+ROUTED_THRESHOLD = 0.5
+
+
+def onto_shared_scale(scores: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
+    """[0, threshold] onto [0, ROUTED_THRESHOLD] and [threshold, 1] onto [ROUTED_THRESHOLD, 1], linearly: verdicts at
+    ``threshold`` become verdicts at ``ROUTED_THRESHOLD``, and the order of scores sharing a threshold is kept."""
+    scores, threshold = np.asarray(scores, dtype=np.float64), np.asarray(threshold, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        below = np.where(threshold > 0, scores * ROUTED_THRESHOLD / threshold, 0.0)
+        above = np.where(threshold < 1, ROUTED_THRESHOLD + (scores - threshold) * (1 - ROUTED_THRESHOLD) / (1 - threshold), 1.0)
+    return np.where(scores >= threshold, above, below)
+

@@ -9,7 +9,7 @@ import pyarrow as pa
 import ray.data
 
 from ..config import EnsembleConfig, RayDataConfig, load_config
-from ..decision import DecisionPath
+from ..routing import Routes
 from ..ensemble import Ensemble, EnsembleResult
 from ..errors import InputError, SirenError
 from ..inputs import InputRecord
@@ -30,7 +30,7 @@ def score_dataset(ds: ray.data.Dataset, config: EnsembleConfig | str | Path, opt
     """
     if not isinstance(config, EnsembleConfig):
         config = load_config(config)
-    DecisionPath.from_config(config, validate_plan(config)[0])  # a bad config stops here, not in every actor
+    Routes.from_config(config, validate_plan(config)[0])  # a bad config stops here, not in every actor
     options = options or config.ray.data
     schema = ds.schema(fetch_if_missing=False)
     if schema is not None:

@@ -26,7 +26,8 @@ LINE_COLUMN, WHERE_COLUMN, INPUT_ERROR_COLUMN = "_line", "_where", "_input_error
 #: What an input problem is recorded as under a result's ``errors`` (a text that fails cleaning: "text rejected").
 INPUT_REJECTED = "input rejected"
 #: Fields ``to_dict`` leaves out when they are empty: null in a Parquet column, left out of a JSON line.
-OMITTED_WHEN_EMPTY = frozenset({ID_COLUMN, "errors", "decided_by", "conversation", "language", "unvalidated_language"})
+OMITTED_WHEN_EMPTY = frozenset({ID_COLUMN, "errors", "decided_by", "conversation", "language", "unvalidated_language",
+                                "kind"})
 
 _STRING_MAP = pa.map_(pa.string(), pa.string())
 _SCORE_MAP = pa.map_(pa.string(), pa.float64())
@@ -74,7 +75,7 @@ def output_schema(ensemble: Ensemble, id_type: pa.DataType | None) -> pa.Schema:
                                             pa.field("rendering", _STRING_MAP), pa.field("judge", pa.string()),
                                             pa.field("judged_by", pa.string()), pa.field("context_score", pa.float64()),
                                             pa.field("last_turns_score", pa.float64())])),
-        pa.field("language", pa.string()), pa.field("unvalidated_language", pa.bool_()),
+        pa.field("language", pa.string()), pa.field("unvalidated_language", pa.bool_()), pa.field("kind", pa.string()),
     ]
     if ensemble.category_combination is not None:
         fields += [pa.field("categories", _SCORE_MAP), pa.field("top_category", pa.string()),

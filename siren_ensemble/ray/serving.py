@@ -15,7 +15,7 @@ from ray import serve
 from ray.serve import Application
 
 from ..config import EnsembleConfig, RayServeConfig, load_config
-from ..decision import DecisionPath
+from ..routing import Routes
 from ..ensemble import Ensemble
 from ..members import validate_plan
 from ..serve.app import create_app
@@ -49,7 +49,7 @@ def serve_app(config: EnsembleConfig | str | Path, settings: ServeSettings = Ser
     """The application to ``serve.run``: ``options`` (default: the config's ``ray.serve``) sets the replicas."""
     if not isinstance(config, EnsembleConfig):
         config = load_config(config)
-    DecisionPath.from_config(config, validate_plan(config)[0])  # a bad config stops here, before any replica starts
+    Routes.from_config(config, validate_plan(config)[0])  # a bad config stops here, before any replica starts
     return SirenService.options(**deployment_options(options or config.ray.serve)).bind(config, settings)
 
 

@@ -131,12 +131,14 @@ class SirenDetails(BaseModel):
     language: str | None = None
     #: Written in a language the heads were not validated on (flagged under the config's ``languages.unvalidated: flag``).
     unvalidated_language: bool | None = None
+    #: With ``by_kind`` routes: the kind of input whose route decided it (a moderation input is a prompt).
+    kind: str | None = None
 
     @model_serializer(mode="wrap")
     def _optional_fields_only_when_set(self, handler):
         # Without category heads, or a language read, the answer stays as it was: the fields are left out, not null.
         data = handler(self)
-        for name in ("harm_categories", "top_category", "language", "unvalidated_language"):
+        for name in ("harm_categories", "top_category", "language", "unvalidated_language", "kind"):
             if name not in self.model_fields_set:
                 data.pop(name, None)
         return data
@@ -167,6 +169,8 @@ def moderation_result(result: EnsembleResult) -> ModerationResult:
                                           "top_category": verdict.top_category(result.is_harmful)}
     if result.language is not None:
         details |= {"language": result.language, "unvalidated_language": result.unvalidated_language}
+    if result.kind is not None:
+        details |= {"kind": result.kind}
     return ModerationResult(
         flagged=result.is_harmful, categories=categories, category_scores=scores, category_applied_input_types=applied,
         siren=SirenDetails(score=result.score, threshold=result.threshold, members=result.members,
