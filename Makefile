@@ -102,12 +102,13 @@ default-split: install-data
 evaluate-default: install-models default-split
 	$(BIN)/siren-ensemble evaluate --data $(DEFAULT_SPLIT) --target-recall 0.95 --examples 3 --jobs 2 --plots plots --out evaluation.json
 
-# The default's threshold and cascade bands chosen out of source: every member refitted (stages 1 and 2, calibration)
-# per fold of held-out sources from the feature cache, the median held-out harmful source reaching the target recall.
-# Writes the whole report; the config is left as it is (add --write-config to write one).
+# The default's thresholds and cascade bands chosen out of source, for prompts and responses apart: every member
+# refitted (stages 1 and 2, calibration) per fold of held-out sources from the feature cache, the median held-out
+# harmful source reaching the target recall. Writes the whole report and the held-out member scores; the config is
+# left as it is (add --write-config to write one).
 calibrate-default: install-models default-split
-	$(BIN)/siren-ensemble calibrate --data $(DEFAULT_SPLIT) --target-recall 0.95 --out-of-source --jobs 2 \
-		--report calibration-out-of-source.json
+	$(BIN)/siren-ensemble calibrate --data $(DEFAULT_SPLIT) --target-recall 0.95 --out-of-source --by-kind --jobs 2 \
+		--report calibration-out-of-source.json --scores-out calibration-out-of-source.npz
 
 # Retrains the three heads (each with its calibration.json) into $(HEADS_OUT)/:
 # same seed and data give the committed files. The feature cache makes a stopped run resume where it stopped.
