@@ -24,7 +24,7 @@ from .category_scores import CategoryCombination, CategoryVerdict
 from .config import BatchingConfig, EnsembleConfig, SlidingWindowConfig, load_config
 from .conversation import Conversation, ConversationReport, check_judge
 from .conversation_encoding import EncodedConversation, encode_conversation
-from .decision import ENSEMBLE_ERROR_KEY, DecisionPath
+from .decision import ENSEMBLE_ERROR_KEY
 from .encoding import SpecialTokenLayout, encode_windows, plan_batches
 from .errors import ConfigError, InputError, MemberError, SirenError
 from .extraction import LoadedBackbone, StreamSupport, union_of
@@ -37,7 +37,7 @@ from .ranking.runtime import check_rank_request, guarded_scores, load_rankers, r
 from .input_kinds import PromptResponse, Scorable, kind_of
 from .routing import Routes
 from .streaming import EnsembleStream, PassStream, ReEncodingStreamWarning
-from .text import check_encodable, clean_text, join_prompt_response
+from .text import check_encodable, clean_text
 
 
 #: The failure recorded for a text dropped by ``score_batch``'s ``abandoned`` (its answer goes to nobody).
