@@ -24,7 +24,7 @@ from .category_scores import CategoryCombination, CategoryVerdict
 from .config import BatchingConfig, EnsembleConfig, SlidingWindowConfig, load_config
 from .conversation import Conversation, ConversationReport, check_judge
 from .conversation_encoding import EncodedConversation, encode_conversation
-from .decision import ENSEMBLE_ERROR_KEY
+from .decision import ENSEMBLE_ERROR_KEY, DecisionPath
 from .encoding import SpecialTokenLayout, encode_windows, plan_batches
 from .errors import ConfigError, InputError, MemberError, SirenError
 from .extraction import LoadedBackbone, StreamSupport, union_of
@@ -168,18 +168,8 @@ class Ensemble:
         self.member_names = [plan.name for plan in plans]
         #: Per kind of input, member scores -> member calibration -> combiner -> calibration -> threshold -> failure
         #: policy (``by_kind``; one path for every kind without it).
-        self.routes = routes or Routes.from_config(config, plans)
-        #: The top-level path: every kind's without ``by_kind``.
-        self.decision = self.routes.default
         self._passes = _group_passes(plans, backbones, config.sliding_window, config.conversation.template)
-        #: Per route (``routes.paths``), per cascade stage, (index into ``_passes``, that pass scoring only the stage's
-        #: members); one stage holding every pass for the other combiners. Members sharing a pass but not a stage each
-        #: pay its forward.
-        self._stage_passes = [
-            [[(index, view) for index, shared in enumerate(self._passes) if (view := shared.only(stage.runs, plans)) is not None]
-             for stage in path.stages]
-            for path in self.routes.paths
-        ]
+        self.routes = routes or Routes.from_config(config, plans)
         self._lock = threading.Lock()
         #: What happens to text in a language the heads were not validated on.
         self.languages = LanguagePolicy.from_config(config.languages)
@@ -193,6 +183,31 @@ class Ensemble:
                 plan.categories.to(backbones[plan.spec].input_device)
         #: How member category scores combine; None when no member has a category head.
         self.category_combination = CategoryCombination.for_members(config, plans)
+
+    @property
+    def routes(self) -> Routes:
+        return self._routes
+
+    @routes.setter
+    def routes(self, routes: Routes) -> None:
+        self._routes = routes
+        #: Per route (``routes.paths``), per cascade stage, (index into ``_passes``, that pass scoring only the stage's
+        #: members); one stage holding every pass for the other combiners. Members sharing a pass but not a stage each
+        #: pay its forward.
+        self._stage_passes = [
+            [[(index, view) for index, shared in enumerate(self._passes) if (view := shared.only(stage.runs, self.plans)) is not None]
+             for stage in path.stages]
+            for path in routes.paths
+        ]
+
+    @property
+    def decision(self) -> DecisionPath:
+        """The top-level path: every kind's without ``by_kind``."""
+        return self.routes.default
+
+    @decision.setter
+    def decision(self, path: DecisionPath) -> None:
+        self.routes = replace(self.routes, default=path)
 
     @property
     def threshold(self) -> float:

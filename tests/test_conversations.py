@@ -252,8 +252,7 @@ def test_a_failure_in_the_view_that_did_not_decide_is_still_reported_and_raise_n
     from dataclasses import replace
 
     _fixed_views(monkeypatch, 0.1, 0.9, fail="context")
-    routes = chat_ensemble.routes
-    monkeypatch.setattr(chat_ensemble, "routes", replace(routes, default=replace(routes.default, on_member_error="fail_open")))
+    monkeypatch.setattr(chat_ensemble, "decision", replace(chat_ensemble.decision, on_member_error="fail_open"))
     result = chat_ensemble.score_conversation(CHAT)  # fail_open: the failed member counts as benign in context
     assert result.conversation.judged_by == "last_turns" and result.score == pytest.approx(0.9)
     assert result.conversation.context_score == pytest.approx(0.05)
