@@ -96,9 +96,7 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
     held_out = None
     if out_of_source:
         if held is None:
-            held = out_of_source_scores(scorer, plans, read_dataset(data, "train"), all_records, source_folds, refit)
-            if scores_out is not None:
-                save_out_of_source_scores(held, [plan.name for plan in plans], scores_out)
+            held = _held_out_scores(scorer, plans, data, all_records, source_folds, refit, scores_out)
         held_out = _choose_out_of_source(held.of_kind(kind), path, target_recall, per_source, min_source_harmful, band_rule)
         threshold, per_source_threshold, cascade = held_out.threshold, held_out.per_source_threshold, held_out.cascade
     else:
@@ -185,18 +183,25 @@ def calibrate_by_kind(config_path: str | Path, data: str | Path, target_recall: 
     scores are computed once for all kinds. The report holds each kind's under ``by_kind``."""
     if options.get("method") is not None:
         raise InputError("--by-kind chooses each kind's threshold on one scale: recalibrate (--method) without it first")
-    kinds = sorted({record.level for record in read_dataset(data, "validation")})
+    validation = read_dataset(data, "validation")
+    kinds = sorted({record.level for record in validation})
     if options.get("out_of_source") and options.get("held") is None:
         config = _config_without_bands(config_path)
         plans, _ = validate_plan(config)
         scorer = FeatureScorer(config, plans, options.get("cache_dir"), options.get("progress", False))
-        options["held"] = out_of_source_scores(scorer, plans, read_dataset(data, "train"), read_dataset(data, "validation"),
-                                               options.get("source_folds", DEFAULT_SOURCE_FOLDS),
-                                               options.get("refit", RefitOptions()))
-        if options.get("scores_out") is not None:
-            save_out_of_source_scores(options["held"], [plan.name for plan in plans], options["scores_out"])
+        options["held"] = _held_out_scores(scorer, plans, data, validation, options.get("source_folds", DEFAULT_SOURCE_FOLDS),
+                                           options.get("refit", RefitOptions()), options.get("scores_out"))
     return {"config": str(config_path), "data": str(data), "target_recall": target_recall,
             "by_kind": {kind: calibrate(config_path, data, target_recall, kind=kind, **options) for kind in kinds}}
+
+
+def _held_out_scores(scorer: FeatureScorer, plans, data, validation, folds: int, refit: RefitOptions,
+                     scores_out: str | Path | None) -> OutOfSourceScores:
+    """Train + validation scored by members refitted without each record's source; written to ``scores_out`` if given."""
+    held = out_of_source_scores(scorer, plans, read_dataset(data, "train"), validation, folds, refit)
+    if scores_out is not None:
+        save_out_of_source_scores(held, [plan.name for plan in plans], scores_out)
+    return held
 
 
 def _config_without_bands(config_path: str | Path) -> EnsembleConfig:
