@@ -30,6 +30,7 @@ from ..data.records import SPLITS, SafetyRecord, read_dataset
 from ..decision import DEFAULT_THRESHOLD, DecisionPath
 from ..errors import InputError
 from ..members import MemberPlan, validate_plan
+from ..routing import Routes
 from .languages import language_report
 from ..training.crossfit import record_groups
 from ..training.pipeline import REPORT_FILE
@@ -255,9 +256,10 @@ def _routed_output(config: EnsembleConfig, plans: list[MemberPlan], evaluated: _
     (chosen on the kind's validation records with a target recall). The scores are mapped onto one scale on which every
     route's threshold is ``ROUTED_THRESHOLD``, monotonically per kind: verdicts, and AUROC within a kind, are the
     routes' own."""
+    routes = Routes.from_config(config, plans)
     scores = np.zeros(len(evaluated.labels))
     for kind in sorted({record.level for record in evaluated.records}):
-        path = DecisionPath.from_config(config.for_kind(kind), plans)
+        path = routes.path(kind)
         rows = np.array([record.level == kind for record in evaluated.records])
         threshold = path.threshold
         if validation is not None and target_recall is not None:
