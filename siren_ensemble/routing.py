@@ -16,10 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
-
 from .config import INPUT_KINDS, EnsembleConfig
-from .decision import Decisions, DecisionPath
+from .decision import DecisionPath
 from .members import MemberPlan
 
 
@@ -63,21 +61,3 @@ class Routes:
         for row, kind in enumerate(kinds):
             rows.setdefault(self.index(kind), []).append(row)
         return sorted(rows.items())
-
-    def decide(self, member_scores: np.ndarray, failed: np.ndarray, kinds: Sequence[str],
-               threshold: float | None = None) -> Decisions:
-        """Each row decided by its kind's path (``DecisionPath.decide``); ``threshold`` overrides every path's."""
-        member_scores = np.asarray(member_scores, dtype=np.float64)
-        failed = np.asarray(failed, dtype=bool)
-        count = len(member_scores)
-        scores, is_harmful = np.zeros(count), np.zeros(count, dtype=bool)
-        failed_rows, decided_by = np.zeros(count, dtype=bool), np.zeros(count, dtype=int)
-        errors: list[dict[str, str]] = [{} for _ in range(count)]
-        for index, rows in self.groups(kinds):
-            part = self.paths[index].decide(member_scores[rows], failed[rows], threshold)
-            scores[rows], is_harmful[rows], failed_rows[rows] = part.scores, part.is_harmful, part.failed
-            if part.decided_by is not None:
-                decided_by[rows] = part.decided_by
-            for row, row_errors in zip(rows, part.errors):
-                errors[row] = row_errors
-        return Decisions(scores, is_harmful, failed_rows, tuple(errors), decided_by)

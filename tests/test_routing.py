@@ -156,19 +156,6 @@ def test_a_stream_is_decided_by_the_response_route(routed, response_only):
     assert fed.decided_by == expected.decided_by
 
 
-def test_routes_decide_given_scores_row_by_row(routed):
-    scores = np.random.default_rng(0).uniform(0.02, 0.98, size=(50, 3))
-    kinds = ["prompt", "response"] * 25
-    failed = np.zeros(scores.shape, dtype=bool)
-    together = routed.routes.decide(scores, failed, kinds)
-    for kind in ("prompt", "response"):
-        rows = [row for row, k in enumerate(kinds) if k == kind]
-        alone = routed.routes.path(kind).decide(scores[rows], failed[rows])
-        assert together.scores[rows] == pytest.approx(alone.scores, abs=0)
-        assert list(together.decided_by[rows]) == list(alone.decided_by)
-        assert list(together.is_harmful[rows]) == list(alone.is_harmful)
-
-
 # ---- front ends -----------------------------------------------------------------------------------
 
 def test_the_cli_routes_jsonl_pairs_as_responses(heads, tmp_path, write_config, response_only):
