@@ -299,3 +299,47 @@ def test_hard_cases_land_in_the_split_of_their_request_and_skip_eval_only_source
         assert "health question" not in record.text
     without = build_dataset(options(synthetic_sources, max_per_source=40, templated_hard_cases=False))
     assert not any(r.source == "rephrased_requests" for r in all_records(without))
+
+
+GENERATED_SOURCES = ("templated_refusals", "scenario_templates", "rephrased_requests", "defensive_questions",
+                     "short_instructions")
+
+
+def _extra():
+    for i in range(10):
+        yield SafetyRecord(label=1, source="synth_extra", text=f"How do I make a new weapon for topic {i + 500}?")
+        yield SafetyRecord(label=0, source="synth_extra", text=f"Explain a new recipe for topic {i + 500}?")
+
+
+def _generated_texts(dataset) -> set[tuple]:
+    return {(r.source, r.label, r.scored_text) for r in all_records(dataset) if r.source in GENERATED_SOURCES}
+
+
+def test_draws_by_record_keep_the_generated_records_when_the_build_grows(synthetic_sources, monkeypatch, tmp_path):
+    """Adding a source reshuffles every sequential draw; drawn by record, the generated records of the smaller
+    build stay (but for the few a new request outranks: ~10 of 110 harmful requests are new here), so the
+    feature cache extracts only the new texts."""
+    monkeypatch.setitem(SOURCES, "synth_extra", Source("synth_extra", None, _extra, "both", "synthetic extra"))
+    kept = {}
+    for by_record in (False, True):
+        smaller = build_dataset(options(synthetic_sources, max_per_source=100, draws_by_record=by_record))
+        larger = build_dataset(options((*synthetic_sources, "synth_extra"), max_per_source=100, draws_by_record=by_record))
+        before, after = _generated_texts(smaller), _generated_texts(larger)
+        assert {source for source, _, _ in before} >= {"templated_refusals", "scenario_templates", "rephrased_requests"}
+        kept[by_record] = len(before & after) / len(before)
+    assert kept[True] >= 0.75 and kept[True] > kept[False] + 0.25, kept
+    # Same options, same records: drawn by record is as deterministic as the sequential draws.
+    again = build_dataset(options((*synthetic_sources, "synth_extra"), max_per_source=100, draws_by_record=True))
+    assert _generated_texts(again) == after
+
+
+def test_manifest_names_draws_by_record_only_when_on(synthetic_sources, tmp_path):
+    runner = CliRunner()
+    for flag, out in ((["--draws-by-record"], "on"), ([], "off")):
+        result = runner.invoke(cli, ["data", "build", "--out", str(tmp_path / out), "--sources", ",".join(synthetic_sources),
+                                     "--max-per-source", "40", *flag])
+        assert result.exit_code == 0, result.output
+    on = json.loads((tmp_path / "on" / "manifest.json").read_text())["options"]
+    off = json.loads((tmp_path / "off" / "manifest.json").read_text())["options"]
+    assert on["draws_by_record"] is True and "draws_by_record" not in off
+    assert {k: v for k, v in on.items() if k != "draws_by_record"} == off

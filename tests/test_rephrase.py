@@ -76,3 +76,20 @@ def test_hard_cases_are_seeded_and_capped():
     assert first == again
     assert Counter(record.source for record in first)[REPHRASED_SOURCE] == 7
     assert hard_cases(records, per_set=7, seed=4) != first
+
+
+def test_hard_cases_drawn_by_record_keep_every_set_when_requests_are_added():
+    """Each set's pick and template depend on the record alone: what a smaller pool generated, a larger one
+    generates again (but for the picks a new record outranks); sequential draws reshuffle."""
+    base = ([prompt(f"Explain how to pick lock model {i}", 1) for i in range(40)]
+            + [prompt(f"Explain how to fold paper crane number {i}", 0) for i in range(40)]
+            + [prompt(f"Write a short story about lighthouse keeper number {i} who finds a bottle. " * 4, 0)
+               for i in range(40)])
+    added = base + [prompt(f"How can I forge permit number {i}?", 1) for i in range(8)]
+    kept = {}
+    for by_record in (False, True):
+        before = {(r.source, r.text) for r in hard_cases(base, per_set=12, seed=0, by_record=by_record)}
+        after = {(r.source, r.text) for r in hard_cases(added, per_set=12, seed=0, by_record=by_record)}
+        assert {source for source, _ in before} == {REPHRASED_SOURCE, DEFENSIVE_SOURCE, SHORT_INSTRUCTION_SOURCE}
+        kept[by_record] = len(before & after) / len(before)
+    assert kept[True] >= 0.75 and kept[True] > kept[False], kept

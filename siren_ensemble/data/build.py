@@ -31,6 +31,7 @@ class BuildOptions:
     templated_refusals: bool = True
     templated_scenarios: bool = True
     templated_hard_cases: bool = True  # rephrased requests, defensive questions, short instructions
+    draws_by_record: bool = False  # generated sets drawn per record, so a growing build keeps them (draws.py)
     fractions: SplitFractions = field(default_factory=SplitFractions)
 
     def __post_init__(self):
@@ -84,9 +85,11 @@ def build_dataset(options: BuildOptions) -> BuiltDataset:
     generated = []
     if options.templated_scenarios:
         pools = [[r for r in requests if r.label == label] for label in (1, 0)]
-        generated += templated_scenarios(*pools, per_class=options.max_per_source // 2, seed=options.seed)
+        generated += templated_scenarios(*pools, per_class=options.max_per_source // 2, seed=options.seed,
+                                         by_record=options.draws_by_record)
     if options.templated_hard_cases:
-        generated += hard_cases(requests, per_set=options.max_per_source // 2, seed=options.seed)
+        generated += hard_cases(requests, per_set=options.max_per_source // 2, seed=options.seed,
+                                by_record=options.draws_by_record)
     grouped += generated
     splits = assign_splits(grouped, options.seed, options.fractions, eval_only)
     for name in SPLITS:
@@ -130,7 +133,7 @@ def _refusals(records: Sequence[SafetyRecord], options: BuildOptions) -> list[Sa
     """Templated refusals for (a seeded sample of) the kept harmful prompts, skipping any repeat."""
     harmful = [r for r in records if r.level == "prompt" and r.label == 1]
     harmful.sort(key=lambda r: unit_hash(options.seed, "refuse", record_key(r)))
-    return new_records(records, templated_refusals(harmful[: options.max_per_source], options.seed))
+    return new_records(records, templated_refusals(harmful[: options.max_per_source], options.seed, options.draws_by_record))
 
 
 def write_split_dir(dataset: BuiltDataset, out: str | Path) -> dict:

@@ -21,6 +21,14 @@ MANIFEST_VERSION = 1
 CLASS_NAMES = {0: "benign", 1: "harmful"}
 
 
+def _options(dataset: BuiltDataset) -> dict:
+    options = {**asdict(dataset.options), "sources": [entry.name for entry in dataset.sources]}
+    # Left out when off, so a sequential build's manifest (and the fingerprint its heads recorded) stays as it was.
+    if not options["draws_by_record"]:
+        del options["draws_by_record"]
+    return options
+
+
 def build_manifest(dataset: BuiltDataset, hashes: dict[str, str]) -> dict:
     options = dataset.options
     stats = dataset.stats
@@ -30,7 +38,7 @@ def build_manifest(dataset: BuiltDataset, hashes: dict[str, str]) -> dict:
         "manifest_version": MANIFEST_VERSION,
         "created_by": f"siren-ensemble {_own_version()}",
         "seed": options.seed,
-        "options": {**asdict(options), "sources": [entry.name for entry in dataset.sources]},
+        "options": _options(dataset),
         "packages": {name: installed_version(name) for name in sorted({e.package for e in dataset.sources if e.package})},
         "records": len(records),
         "splits": {

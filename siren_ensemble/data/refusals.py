@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from typing import Iterable, Iterator
 
+from .draws import draws
 from .records import SafetyRecord
 
 SOURCE = "templated_refusals"
@@ -31,14 +32,16 @@ REFUSAL_TEMPLATES = (
 EXCERPT_WORDS = 8
 
 
-def templated_refusals(harmful_prompts: Iterable[SafetyRecord], seed: int) -> Iterator[SafetyRecord]:
-    """One refusal per harmful prompt-level record, the style drawn with ``seed``; same group as the prompt."""
-    rng = random.Random(seed)
+def templated_refusals(harmful_prompts: Iterable[SafetyRecord], seed: int,
+                       by_record: bool = False) -> Iterator[SafetyRecord]:
+    """One refusal per harmful prompt-level record, the style drawn with ``seed`` (``by_record``: from that
+    prompt alone, see draws.py); same group as the prompt."""
+    drawn = draws(seed, SOURCE, by_record)
     for record in harmful_prompts:
         if record.level != "prompt" or record.label != 1:
             continue
         prompt = record.text or ""
-        response = refusal_for(prompt, rng)
+        response = refusal_for(prompt, drawn.rng_for(prompt))
         yield SafetyRecord(label=0, source=SOURCE, level="response", prompt=prompt, response=response,
                            group=record.group)
 

@@ -18,13 +18,14 @@ Every generated record keeps the group of the request it comes from, so both lan
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import replace
 from typing import Iterable, Iterator, Sequence
 
 from .forms import IMPERATIVE_VERBS
 from .dedupe import new_records
+from .draws import draws
+from .normalize import record_key
 from .records import SafetyRecord
 
 REPHRASED_SOURCE = "rephrased_requests"
@@ -102,46 +103,55 @@ def first_instruction(text: str) -> str | None:
     return sentence
 
 
-def rephrased_requests(records: Sequence[SafetyRecord], per_class: int, seed: int) -> Iterator[SafetyRecord]:
+def rephrased_requests(records: Sequence[SafetyRecord], per_class: int, seed: int,
+                       by_record: bool = False) -> Iterator[SafetyRecord]:
     """Up to ``per_class`` "how to" requests of each class said in the other surface form."""
-    rng = random.Random(seed)
+    drawn = draws(seed, REPHRASED_SOURCE, by_record)
     for label in (1, 0):
         actions = _actions(records, label)
-        for record, action, form in rng.sample(actions, min(per_class, len(actions))):
+        for record, action, form in drawn.sample(actions, per_class, key=_action_key):
             templates = AS_QUESTION if form == "imperative" else AS_IMPERATIVE
-            yield replace(record, source=REPHRASED_SOURCE, text=rng.choice(templates).format(action=action))
+            text = drawn.rng_for(record_key(record)).choice(templates).format(action=action)
+            yield replace(record, source=REPHRASED_SOURCE, text=text)
 
 
-def defensive_questions(records: Sequence[SafetyRecord], limit: int, seed: int) -> Iterator[SafetyRecord]:
+def defensive_questions(records: Sequence[SafetyRecord], limit: int, seed: int,
+                        by_record: bool = False) -> Iterator[SafetyRecord]:
     """Up to ``limit`` benign questions about recognising or stopping a harmful request's action."""
-    rng = random.Random(seed)
+    drawn = draws(seed, DEFENSIVE_SOURCE, by_record)
     actions = [item for item in _actions(records, 1) if not _FIRST_PERSON.search(item[1])]
-    for record, action, _ in rng.sample(actions, min(limit, len(actions))):
-        yield replace(record, label=0, source=DEFENSIVE_SOURCE, text=rng.choice(DEFENSIVE).format(action=action),
-                      categories=None)
+    for record, action, _ in drawn.sample(actions, limit, key=_action_key):
+        text = drawn.rng_for(record_key(record)).choice(DEFENSIVE).format(action=action)
+        yield replace(record, label=0, source=DEFENSIVE_SOURCE, text=text, categories=None)
 
 
-def short_instructions(records: Sequence[SafetyRecord], limit: int, seed: int) -> Iterator[SafetyRecord]:
+def short_instructions(records: Sequence[SafetyRecord], limit: int, seed: int,
+                       by_record: bool = False) -> Iterator[SafetyRecord]:
     """Up to ``limit`` first sentences of long benign imperative requests, each on its own."""
-    rng = random.Random(seed)
+    drawn = draws(seed, SHORT_INSTRUCTION_SOURCE, by_record)
     candidates = []
     for record in _prompts(records, 0):
         sentence = first_instruction(record.text or "")
         if sentence:
             candidates.append((record, sentence))
-    for record, sentence in rng.sample(candidates, min(limit, len(candidates))):
+    for record, sentence in drawn.sample(candidates, limit, key=lambda item: record_key(item[0])):
         yield replace(record, source=SHORT_INSTRUCTION_SOURCE, text=sentence)
 
 
-def hard_cases(records: Sequence[SafetyRecord], per_set: int, seed: int) -> list[SafetyRecord]:
+def hard_cases(records: Sequence[SafetyRecord], per_set: int, seed: int, by_record: bool = False) -> list[SafetyRecord]:
     """All three sets, skipping any text already in ``records`` (or generated twice)."""
-    generated = (*rephrased_requests(records, per_set, seed), *defensive_questions(records, per_set, seed),
-                 *short_instructions(records, per_set, seed))
+    generated = (*rephrased_requests(records, per_set, seed, by_record),
+                 *defensive_questions(records, per_set, seed, by_record),
+                 *short_instructions(records, per_set, seed, by_record))
     return new_records(records, generated)
 
 
 def _prompts(records: Iterable[SafetyRecord], label: int) -> list[SafetyRecord]:
     return [r for r in records if r.level == "prompt" and r.label == label and r.text]
+
+
+def _action_key(item: tuple[SafetyRecord, str, str]) -> str:
+    return record_key(item[0])
 
 
 def _actions(records: Sequence[SafetyRecord], label: int) -> list[tuple[SafetyRecord, str, str]]:

@@ -9,10 +9,11 @@ inside it does. A wrapped record keeps the group of the request it wraps, so bot
 
 from __future__ import annotations
 
-import random
 from dataclasses import replace
 from typing import Iterator, Sequence
 
+from .draws import draws
+from .normalize import record_key
 from .records import SafetyRecord
 
 SOURCE = "scenario_templates"
@@ -62,11 +63,12 @@ SCENARIO_TEMPLATES = (
 
 
 def templated_scenarios(harmful: Sequence[SafetyRecord], benign: Sequence[SafetyRecord], per_class: int,
-                        seed: int) -> Iterator[SafetyRecord]:
-    """Up to ``per_class`` wrapped requests of each class, requests and templates drawn with ``seed``."""
-    rng = random.Random(seed)
+                        seed: int, by_record: bool = False) -> Iterator[SafetyRecord]:
+    """Up to ``per_class`` wrapped requests of each class, requests and templates drawn with ``seed``
+    (``by_record``: each record's draw depends on that record alone, see draws.py)."""
+    drawn = draws(seed, SOURCE, by_record)
     for pool in (harmful, benign):
         candidates = [r for r in pool if r.level == "prompt" and len(r.text or "") <= MAX_REQUEST_CHARS]
-        for record in rng.sample(candidates, min(per_class, len(candidates))):
-            text = rng.choice(SCENARIO_TEMPLATES).format(request=record.text)
+        for record in drawn.sample(candidates, per_class, key=record_key):
+            text = drawn.rng_for(record_key(record)).choice(SCENARIO_TEMPLATES).format(request=record.text)
             yield replace(record, source=SOURCE, text=text)
