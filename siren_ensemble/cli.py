@@ -536,6 +536,9 @@ def evaluate_conversations_command(config_path, data_path, window, out_path):
                    "(--per-source: every one) reaches the target.")
 @click.option("--source-folds", type=click.IntRange(2), default=5, show_default=True,
               help="With --out-of-source: folds of held-out sources (each refits every member once).")
+@click.option("--source-folds-from", type=click.Path(exists=True, dir_okay=False),
+              help="With --out-of-source: hold out the folds an earlier --report recorded (and one more of the sources "
+                   "it does not name), to compare two builds or two configs on the same held-out sources.")
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
               help="With --out-of-source: processes for the refits' layer probes (same result).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
@@ -547,18 +550,21 @@ def evaluate_conversations_command(config_path, data_path, window, out_path):
               help="With --out-of-source: write the held-out member scores (.npz) to compare members and routes later.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache directory.")
 def calibrate(config_path, data_path, target_recall, per_source, min_source_harmful, method, calibration_out, write_config,
-              cascade_tolerance, cascade_min_agreement, per_category, out_of_source, source_folds, jobs, report_path, by_kind,
-              scores_out, cache_dir):
+              cascade_tolerance, cascade_min_agreement, per_category, out_of_source, source_folds, source_folds_from, jobs,
+              report_path, by_kind, scores_out, cache_dir):
     """Pick the threshold that reaches --target-recall on validation data and report the FPR it costs.
 
     With the cascade combiner, also fit each stage's bands (low/high) at that threshold: the widest that keep the
     cascade within --cascade-tolerance of running every member (see docs/cascade.md)."""
     from .evaluation.calibrate import calibrate as run_calibration, calibrate_by_kind, write_calibrated_config
     from .evaluation.cascade_bands import BandRule
-    from .evaluation.out_of_source import RefitOptions
+    from .evaluation.out_of_source import RefitOptions, folds_of_report
 
-    if scores_out and not out_of_source:
-        raise SirenError("--scores-out writes the out-of-source scores: add --out-of-source")
+    for given, name in ((scores_out, "--scores-out"), (source_folds_from, "--source-folds-from")):
+        if given and not out_of_source:
+            raise SirenError(f"{name} is for the out-of-source scores: add --out-of-source")
+    if source_folds_from:
+        source_folds = folds_of_report(source_folds_from)
     rule = BandRule(max_recall_loss=cascade_tolerance, max_fpr_rise=cascade_tolerance, min_agreement=cascade_min_agreement)
     options = dict(per_source=per_source, method=method, calibration_out=calibration_out, cache_dir=cache_dir,
                    progress=sys.stderr.isatty(), min_source_harmful=min_source_harmful, band_rule=rule,

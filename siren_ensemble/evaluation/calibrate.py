@@ -19,6 +19,7 @@ import copy
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import yaml
@@ -44,7 +45,8 @@ def calibrate(config_path: str | Path, data: str | Path, target_recall: float, p
               method: Method | None = None, calibration_out: str | Path | None = None,
               cache_dir: str | Path | None = None, progress: bool = False, min_source_harmful: int = 20,
               band_rule: BandRule = BandRule(), per_category: bool = False, out_of_source: bool = False,
-              source_folds: int = DEFAULT_SOURCE_FOLDS, refit: RefitOptions = RefitOptions(), kind: str | None = None,
+              source_folds: int | Sequence[Sequence[str]] = DEFAULT_SOURCE_FOLDS, refit: RefitOptions = RefitOptions(),
+              kind: str | None = None,
               held: OutOfSourceScores | None = None, scores_out: str | Path | None = None) -> dict:
     """The threshold (and a cascade's bands) reaching ``target_recall``, chosen on validation scores, or with
     ``out_of_source`` on train + validation scores from members refitted without each record's source (the median
@@ -195,7 +197,7 @@ def calibrate_by_kind(config_path: str | Path, data: str | Path, target_recall: 
             "by_kind": {kind: calibrate(config_path, data, target_recall, kind=kind, **options) for kind in kinds}}
 
 
-def _held_out_scores(scorer: FeatureScorer, plans, data, validation, folds: int, refit: RefitOptions,
+def _held_out_scores(scorer: FeatureScorer, plans, data, validation, folds: int | Sequence[Sequence[str]], refit: RefitOptions,
                      scores_out: str | Path | None) -> OutOfSourceScores:
     """Train + validation scored by members refitted without each record's source; written to ``scores_out`` if given."""
     held = out_of_source_scores(scorer, plans, read_dataset(data, "train"), validation, folds, refit)

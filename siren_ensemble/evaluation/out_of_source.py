@@ -11,6 +11,7 @@ calibrations that did not see its source, as a user's new source will be.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -122,6 +123,33 @@ def source_folds(records: Sequence[SafetyRecord], folds: int, seed: int = 0,
     return [tuple(sorted(fold)) for fold in held if fold]
 
 
+def pinned_folds(folds: Sequence[Sequence[str]], origins: Sequence[str]) -> list[tuple[str, ...]]:
+    """The given folds, cut to the sources present, and one more holding every present source they do not name: two
+    builds (say, before and after a source is added) are compared with the same sources held out together."""
+    present = set(origins)
+    named = [name for fold in folds for name in fold]
+    repeated = sorted({name for name in named if named.count(name) > 1})
+    if repeated:
+        raise InputError(f"source folds: {', '.join(repeated)} named in more than one fold")
+    held = [tuple(sorted(set(fold) & present)) for fold in folds]
+    rest = tuple(sorted(present - set(named)))
+    return [fold for fold in (*held, rest) if fold]
+
+
+def folds_of_report(path: str | Path) -> list[tuple[str, ...]]:
+    """The held-out folds a `calibrate --out-of-source --report` JSON recorded."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: cannot read the report: {error}") from None
+    parts = [report, *(report.get("by_kind") or {}).values()] if isinstance(report, dict) else []
+    for part in parts:
+        folds = (part.get("out_of_source") or {}).get("folds") if isinstance(part, dict) else None
+        if isinstance(folds, list) and all(isinstance(fold, list) for fold in folds):
+            return [tuple(str(name) for name in fold) for fold in folds]
+    raise InputError(f"{path}: no out_of_source.folds in it: write one with `calibrate --out-of-source --report`")
+
+
 def refit_member_scores(layer_x: Mapping[int, np.ndarray], labels: np.ndarray, groups: np.ndarray,
                         is_validation: np.ndarray, fit: np.ndarray, layers: Sequence[int], params: MLPParams,
                         options: RefitOptions = RefitOptions()) -> np.ndarray:
@@ -139,15 +167,17 @@ def refit_member_scores(layer_x: Mapping[int, np.ndarray], labels: np.ndarray, g
 
 
 def out_of_source_scores(scorer: FeatureScorer, plans: Sequence[MemberPlan], train: Sequence[SafetyRecord],
-                         validation: Sequence[SafetyRecord], folds: int = DEFAULT_SOURCE_FOLDS,
+                         validation: Sequence[SafetyRecord], folds: int | Sequence[Sequence[str]] = DEFAULT_SOURCE_FOLDS,
                          options: RefitOptions = RefitOptions()) -> OutOfSourceScores:
-    """Every train and validation record's member scores, each from a refit that held out the record's source."""
+    """Every train and validation record's member scores, each from a refit that held out the record's source;
+    ``folds``: how many folds of sources to deal, or the folds themselves (``pinned_folds``)."""
     records = list(train) + list(validation)
     labels = np.array([record.label for record in records], dtype=np.int64)
     sources = origin_sources(records)
     is_validation = np.arange(len(records)) >= len(train)
     groups = record_groups(records)
-    held_out = source_folds(records, folds, options.seed, sources)
+    held_out = (source_folds(records, folds, options.seed, sources) if isinstance(folds, int)
+                else pinned_folds(folds, sources.tolist()))
     fit_masks = [~np.isin(sources, fold) for fold in held_out]
     for fold, fit in zip(held_out, fit_masks):
         for part, rows in (("train", fit & ~is_validation), ("validation", fit & is_validation)):
