@@ -13,7 +13,8 @@ from siren_ensemble.errors import InputError
 from siren_ensemble.evaluation.calibrate import calibrate
 from siren_ensemble.evaluation.metrics import binary_metrics
 from siren_ensemble.evaluation.out_of_source import (
-    RefitOptions, refit_member_scores, source_folds, source_summary, threshold_for_source_recall,
+    RefitOptions, folds_of_report, pinned_folds, refit_member_scores, source_folds, source_summary,
+    threshold_for_source_recall,
 )
 from siren_ensemble.training.mlp_search import MLPParams
 
@@ -40,6 +41,28 @@ def test_every_source_is_held_out_once_and_every_fold_leaves_both_classes_to_fit
 def test_one_source_of_a_class_cannot_be_held_out():
     with pytest.raises(InputError, match="two harmful sources or more.*the data has 1 \\(h1\\)"):
         source_folds(records_of({("h1", 1): 5, ("b1", 0): 5, ("b2", 0): 5}), folds=2)
+
+
+def test_pinned_folds_keep_the_given_folds_and_hold_the_unnamed_sources_out_together():
+    origins = ["h1", "h2", "b1", "b2", "new-h", "new-b", "h1"]
+    assert pinned_folds([["h1", "b1"], ["h2", "b2", "gone"], ["absent"]], origins) == [
+        ("b1", "h1"), ("b2", "h2"), ("new-b", "new-h")]
+    assert pinned_folds([["h1", "b1"], ["h2", "b2", "new-h", "new-b"]], origins) == [("b1", "h1"), ("b2", "h2", "new-b", "new-h")]
+    with pytest.raises(InputError, match="source folds: h1 named in more than one fold"):
+        pinned_folds([["h1", "b1"], ["h1"]], origins)
+
+
+def test_folds_are_read_from_a_report_of_either_shape(tmp_path):
+    folds = [["b1", "h1"], ["b2", "h2"]]
+    plain, by_kind, empty = tmp_path / "plain.json", tmp_path / "by-kind.json", tmp_path / "empty.json"
+    plain.write_text(json.dumps({"out_of_source": {"folds": folds}}))
+    by_kind.write_text(json.dumps({"by_kind": {"prompt": {"out_of_source": {"folds": folds}}}}))
+    empty.write_text(json.dumps({"threshold": 0.5}))
+    assert folds_of_report(plain) == folds_of_report(by_kind) == [("b1", "h1"), ("b2", "h2")]
+    with pytest.raises(InputError, match="empty.json: no out_of_source.folds"):
+        folds_of_report(empty)
+    with pytest.raises(InputError, match="missing.json: cannot read the report"):
+        folds_of_report(tmp_path / "missing.json")
 
 
 def test_a_refit_never_reads_the_labels_of_the_rows_it_scores():
@@ -150,3 +173,31 @@ def test_a_source_is_held_out_with_the_records_the_build_made_from_it():
     folds = source_folds(records, folds=2, origins=origin_sources(records))
     held = sorted(source for fold in folds for source in fold)
     assert held == ["advbench", "alpaca_eval", "chitchat", "harmbench", "short_instructions"]  # no template on its own
+
+
+def test_source_folds_from_an_earlier_report_hold_out_the_same_sources(two_member_config, synthetic_data, trained_heads,
+                                                                      tmp_path):
+    """The folds a report recorded come back exactly (same held-out scores, same threshold), and hand-written folds
+    are held out as written, the sources they leave unnamed in one more fold."""
+    def run(*extra):
+        report_path = tmp_path / f"report-{len(list(tmp_path.glob('report-*')))}.json"
+        result = CliRunner().invoke(cli, ["calibrate", "--config", str(two_member_config), "--data", str(synthetic_data),
+                                          "--target-recall", "0.9", "--min-source-harmful", "1", "--out-of-source",
+                                          "--report", str(report_path), "--cache-dir", str(trained_heads["cache"]), *extra])
+        assert result.exit_code == 0, result.output
+        return report_path, json.loads(report_path.read_text())
+
+    first_path, first = run("--source-folds", "2")
+    _, again = run("--source-folds-from", str(first_path))
+    assert again["out_of_source"]["folds"] == first["out_of_source"]["folds"]
+    assert again["threshold"] == first["threshold"]
+    assert again["out_of_source"]["recall_by_source"] == first["out_of_source"]["recall_by_source"]
+
+    written = tmp_path / "hand.json"
+    written.write_text(json.dumps({"out_of_source": {"folds": [["harmful-a", "benign-a"]]}}))
+    _, hand = run("--source-folds-from", str(written))
+    assert hand["out_of_source"]["folds"] == [["benign-a", "harmful-a"], ["benign-b", "harmful-b"]]
+
+    refused = CliRunner().invoke(cli, ["calibrate", "--config", str(two_member_config), "--data", str(synthetic_data),
+                                       "--source-folds-from", str(written)])
+    assert refused.exit_code != 0 and "--source-folds-from is for the out-of-source scores" in refused.output
