@@ -18,7 +18,6 @@ from typing import Callable, Sequence, TypeVar
 from .splits import unit_hash
 
 Item = TypeVar("Item")
-Option = TypeVar("Option")
 
 
 class SequentialDraws:

@@ -127,8 +127,8 @@ def pinned_folds(folds: Sequence[Sequence[str]], origins: Sequence[str]) -> list
     """The given folds, cut to the sources present, and one more holding every present source they do not name: two
     builds (say, before and after a source is added) are compared with the same sources held out together."""
     present = set(origins)
-    named = [name for fold in folds for name in fold]
-    repeated = sorted({name for name in named if named.count(name) > 1})
+    named = Counter(name for fold in folds for name in fold)
+    repeated = sorted(name for name, count in named.items() if count > 1)
     if repeated:
         raise InputError(f"source folds: {', '.join(repeated)} named in more than one fold")
     held = [tuple(sorted(set(fold) & present)) for fold in folds]
