@@ -639,9 +639,12 @@ def data():
               help="Draw the generated sets' records and templates per record, so that a build that grows keeps "
                    "the generated records it had and the feature cache extracts only new texts (the committed "
                    "heads' split uses the sequential draws).")
+@click.option("--translations", "translation_dirs", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="A directory `data translate` wrote (repeat for several): each kept translation joins the split of "
+                   "the record it translates.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of tables.")
 def data_build(out_dir, seed, max_per_source, max_chars, source_names, no_templated_refusals, no_templated_scenarios,
-               no_templated_hard_cases, draws_by_record, as_json):
+               no_templated_hard_cases, draws_by_record, translation_dirs, as_json):
     """Write train/validation/test JSONL and manifest.json to OUT (needs the data packages; see README)."""
     from .data.build import BuildOptions, build_dataset, write_split_dir
     from .data.manifest import format_tables
@@ -650,7 +653,8 @@ def data_build(out_dir, seed, max_per_source, max_chars, source_names, no_templa
     options = BuildOptions(seed=seed, max_per_source=max_per_source, max_chars=max_chars, sources=names,
                            templated_refusals=not no_templated_refusals,
                            templated_scenarios=not no_templated_scenarios,
-                           templated_hard_cases=not no_templated_hard_cases, draws_by_record=draws_by_record)
+                           templated_hard_cases=not no_templated_hard_cases, draws_by_record=draws_by_record,
+                           translations=tuple(translation_dirs))
     manifest = write_split_dir(build_dataset(options), out_dir)
     if as_json:
         click.echo(json.dumps(manifest, indent=2, ensure_ascii=False))

@@ -20,6 +20,7 @@ from .rephrase import hard_cases
 from .scenarios import templated_scenarios
 from .sources import Source, select_sources
 from .splits import SplitFractions, assign_splits, connected_groups, unit_hash
+from .translated import TranslationStats, add_translations, read_translations
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class BuildOptions:
     templated_scenarios: bool = True
     templated_hard_cases: bool = True  # rephrased requests, defensive questions, short instructions
     draws_by_record: bool = False  # generated sets drawn per record, so a growing build keeps them (draws.py)
+    translations: tuple[str, ...] = ()  # directories of `data translate` output, joined to their originals' splits
     fractions: SplitFractions = field(default_factory=SplitFractions)
 
     def __post_init__(self):
@@ -48,6 +50,7 @@ class BuildStats:
     truncated: Counter = field(default_factory=Counter)  # records in the splits that were cut
     capped: Counter = field(default_factory=Counter)
     dedupe: DedupeReport = field(default_factory=DedupeReport)
+    translations: TranslationStats = field(default_factory=TranslationStats)
 
 
 @dataclass
@@ -92,6 +95,10 @@ def build_dataset(options: BuildOptions) -> BuiltDataset:
                                 by_record=options.draws_by_record)
     grouped += generated
     splits = assign_splits(grouped, options.seed, options.fractions, eval_only)
+    if options.translations:
+        # Read before anything is placed: a bad line fails the build, not half of it.
+        translations = read_translations(options.translations, stats.translations)
+        add_translations(splits, translations, stats.translations)
     for name in SPLITS:
         splits[name].sort(key=lambda record: unit_hash(options.seed, "order", record_key(record)))
     stats.truncated.update(r.source for name in SPLITS for r in splits[name] if record_key(r) in cut_keys)

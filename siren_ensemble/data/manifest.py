@@ -24,8 +24,9 @@ CLASS_NAMES = {0: "benign", 1: "harmful"}
 def _options(dataset: BuiltDataset) -> dict:
     options = {**asdict(dataset.options), "sources": [entry.name for entry in dataset.sources]}
     # Left out when off, so a sequential build's manifest (and the fingerprint its heads recorded) stays as it was.
-    if not options["draws_by_record"]:
-        del options["draws_by_record"]
+    for key in ("draws_by_record", "translations"):
+        if not options[key]:
+            del options[key]
     return options
 
 
@@ -70,6 +71,8 @@ def build_manifest(dataset: BuiltDataset, hashes: dict[str, str]) -> dict:
             **stats.dedupe.to_json(),
         },
         "characters": {name: sum(len(r.scored_text) for r in dataset.splits[name]) for name in SPLITS},
+        # Only when a build has translations, as for categories below.
+        **({"translations": stats.translations.to_json()} if options.translations else {}),
         # Only when records carry categories: a build without them keeps the manifest it had before they existed.
         **({"categories": {name: category_counts(dataset.splits[name]) for name in SPLITS}}
            if any(r.categories for name in SPLITS for r in dataset.splits[name]) else {}),
@@ -144,6 +147,10 @@ def format_tables(manifest: dict) -> str:
             benign, harmful = shares["benign"][form], shares["harmful"][form]
             cells.append(f"{benign}/{harmful}" if form == "records" else f"{benign:.1%}/{harmful:.1%}")
         lines.append(f"{form:<18} " + " ".join(f"{cell:>17}" for cell in cells))
+    if "translations" in manifest:
+        added = manifest["translations"]["records"]
+        cells = [", ".join(f"{code} {count}" for code, count in added[split].items()) or "none" for split in SPLITS]
+        lines.append("\ntranslations: " + "; ".join(f"{split} {cell}" for split, cell in zip(SPLITS, cells)))
     weights = ", ".join(f"{k} {v:.3f}" for k, v in manifest["class_weights"].items())
     lines.append(f"\nclass weights (train): {weights}")
     return "\n".join(lines)

@@ -71,7 +71,7 @@ def read_records(path: str | Path) -> list[SafetyRecord]:
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if line.strip():
-                records.append(_parse(line, f"{path}: line {number}"))
+                records.append(parse_record(line, f"{path}: line {number}")[0])
     if not records:
         raise InputError(f"{path}: no records")
     return records
@@ -87,7 +87,8 @@ def read_dataset(path: str | Path, split: str = "test") -> list[SafetyRecord]:
     return read_records(path)
 
 
-def _parse(line: str, where: str) -> SafetyRecord:
+def parse_record(line: str, where: str) -> tuple[SafetyRecord, dict]:
+    """One JSONL line's record, and the object it was read from (for fields a record does not keep)."""
     try:
         item, is_pair = parse_text_object(line)
         label = parse_label(item.get("label"))
@@ -101,7 +102,7 @@ def _parse(line: str, where: str) -> SafetyRecord:
         text=item.get("text"), prompt=item.get("prompt"), response=item.get("response"),
         group=item.get("group"), categories=_categories(item.get("categories"), label, where),
         language=_language(item.get("language"), where),
-    )
+    ), item
 
 
 def _language(value, where: str) -> str | None:
