@@ -534,8 +534,8 @@ def evaluate_conversations_command(config_path, data_path, window, out_path):
               help="Choose on train + validation scores from members refitted without each record's source (stages 1 and 2 "
                    "and calibration, per fold of held-out sources, from the feature cache): the median harmful source "
                    "(--per-source: every one) reaches the target.")
-@click.option("--source-folds", type=click.IntRange(2), default=5, show_default=True,
-              help="With --out-of-source: folds of held-out sources (each refits every member once).")
+@click.option("--source-folds", type=click.IntRange(2),
+              help="With --out-of-source: folds of held-out sources (each refits every member once).  [default: 5]")
 @click.option("--source-folds-from", type=click.Path(exists=True, dir_okay=False),
               help="With --out-of-source: hold out the folds an earlier --report recorded (and one more of the sources "
                    "it does not name), to compare two builds or two configs on the same held-out sources.")
@@ -558,13 +558,14 @@ def calibrate(config_path, data_path, target_recall, per_source, min_source_harm
     cascade within --cascade-tolerance of running every member (see docs/cascade.md)."""
     from .evaluation.calibrate import calibrate as run_calibration, calibrate_by_kind, write_calibrated_config
     from .evaluation.cascade_bands import BandRule
-    from .evaluation.out_of_source import RefitOptions, folds_of_report
+    from .evaluation.out_of_source import DEFAULT_SOURCE_FOLDS, RefitOptions, folds_of_report
 
     for given, name in ((scores_out, "--scores-out"), (source_folds_from, "--source-folds-from")):
         if given and not out_of_source:
             raise SirenError(f"{name} is for the out-of-source scores: add --out-of-source")
-    if source_folds_from:
-        source_folds = folds_of_report(source_folds_from)
+    if source_folds_from and source_folds is not None:
+        raise SirenError("--source-folds and --source-folds-from both say which folds to hold out: give one")
+    source_folds = folds_of_report(source_folds_from) if source_folds_from else source_folds or DEFAULT_SOURCE_FOLDS
     rule = BandRule(max_recall_loss=cascade_tolerance, max_fpr_rise=cascade_tolerance, min_agreement=cascade_min_agreement)
     options = dict(per_source=per_source, method=method, calibration_out=calibration_out, cache_dir=cache_dir,
                    progress=sys.stderr.isatty(), min_source_harmful=min_source_harmful, band_rule=rule,

@@ -201,3 +201,6 @@ def test_source_folds_from_an_earlier_report_hold_out_the_same_sources(two_membe
     refused = CliRunner().invoke(cli, ["calibrate", "--config", str(two_member_config), "--data", str(synthetic_data),
                                        "--source-folds-from", str(written)])
     assert refused.exit_code != 0 and "--source-folds-from is for the out-of-source scores" in refused.output
+    both = CliRunner().invoke(cli, ["calibrate", "--config", str(two_member_config), "--data", str(synthetic_data),
+                                    "--out-of-source", "--source-folds", "3", "--source-folds-from", str(written)])
+    assert both.exit_code != 0 and "--source-folds and --source-folds-from both say which folds" in both.output
