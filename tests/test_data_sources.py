@@ -22,6 +22,9 @@ MIN_RECORDS = {
     "ifbench": 290, "writingbench": 600, "healthbench": 900, "chitchat": 5000, "chatterbot": 2000,
     # Opt-in sources (exact counts in tests/test_new_sources.py).
     "weighted_safety": 97, "deepteam": 150, "agentharm_covers": 41, "indic_safety": 20,
+    # (exact counts in tests/test_more_sources.py)
+    "uncensorbench": 417, "strongreject": 288, "redharness": 50, "india_safety": 800, "youth_help": 779,
+    "aplomb_anchors": 50,
 }
 
 

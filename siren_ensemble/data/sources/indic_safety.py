@@ -6,7 +6,6 @@ imported). SafetyRecord has no language field: each record's group is ``indic:<l
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,6 +13,7 @@ from ...errors import InputError
 from ..category_labels import indic_categories
 from ..packages import data_file
 from ..records import SafetyRecord
+from .files import python_literal
 from .registry import source
 
 PACKAGE = "indic-safety-probe"
@@ -38,7 +38,7 @@ def indic_safety() -> Iterator[SafetyRecord]:
             yield SafetyRecord(label=label, source="indic_safety", text=text, group=f"indic:{language}:bec",
                                categories=indic_categories("bec", text) if label else None)
     honorifics = data_file(PACKAGE, "probes/honorifics.py")
-    for language, registers in _literal(honorifics, "LEGAL_ADVICE").items():
+    for language, registers in python_literal(honorifics, "LEGAL_ADVICE", dict).items():
         if not isinstance(registers, dict):
             raise InputError(f"{honorifics}: LEGAL_ADVICE[{language!r}]: expected a dict of register -> prompt")
         for register in sorted(registers):
@@ -46,27 +46,8 @@ def indic_safety() -> Iterator[SafetyRecord]:
                                group=f"indic:{language}:legal_advice")
 
 
-def _literal(path: Path, name: str) -> Any:
-    """The value of the module-level ``name = <literal>`` in ``path``."""
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    except SyntaxError as error:
-        raise InputError(f"{path}: line {error.lineno}: not parseable Python ({error.msg})") from None
-    for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        if any(isinstance(target, ast.Name) and target.id == name for target in targets) and node.value is not None:
-            try:
-                value = ast.literal_eval(node.value)
-            except ValueError:
-                raise InputError(f"{path}: line {node.lineno}: {name} is not a literal") from None
-            if not isinstance(value, dict) or not value:
-                raise InputError(f"{path}: line {node.lineno}: {name} is not a non-empty dict")
-            return value
-    raise InputError(f"{path}: no module-level {name}")
-
-
 def _string_dict(path: Path, name: str) -> dict[str, str]:
-    return {language: _string(path, text) for language, text in _literal(path, name).items()}
+    return {language: _string(path, text) for language, text in python_literal(path, name, dict).items()}
 
 
 def _string(path: Path, value: Any) -> str:
