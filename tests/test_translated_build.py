@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from siren_ensemble.cli import cli
 from siren_ensemble.data.build import build_dataset
 from siren_ensemble.data.records import SPLITS
-from siren_ensemble.data.translate import ORIGIN_FIELD, translation_key
+from siren_ensemble.data.translate import ORIGIN_CONTENT_FIELD, ORIGIN_FIELD, content_key, translation_key
 from siren_ensemble.errors import InputError
 
 from .test_data_build import all_records, options, synthetic_sources  # noqa: F401  (the fixture)
@@ -20,7 +20,8 @@ from .test_data_build import all_records, options, synthetic_sources  # noqa: F4
 def _translated(record, language):
     fields = ("prompt", "response") if record.level == "response" else ("text",)
     text = {name: f"[{language}] {getattr(record, name)}" for name in fields}
-    return {**replace(record, language=language, **text).to_json(), ORIGIN_FIELD: translation_key(record)}
+    return {**replace(record, language=language, **text).to_json(), ORIGIN_FIELD: translation_key(record),
+            ORIGIN_CONTENT_FIELD: content_key(record)}
 
 
 def _write(path, rows):
@@ -83,11 +84,12 @@ def test_the_same_translation_in_two_directories_is_kept_once(base, synthetic_so
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda row: {**row, ORIGIN_FIELD: "0" * 64}, r"t/train.es.jsonl: line 2: the record it translates .* is not in "
-                                                  r"this build"),
+    (lambda row: {**row, ORIGIN_FIELD: "0" * 64, ORIGIN_CONTENT_FIELD: "1" * 64},
+     r"t/train.es.jsonl: line 2: the record it translates .* is not in this build"),
     (lambda row: {**row, "language": "de"}, r"t/train.es.jsonl: line 2: `language` is 'de', but the file holds 'es'"),
     (lambda row: {k: v for k, v in row.items() if k != ORIGIN_FIELD}, r"line 2: no `translated_from`"),
-    (lambda row: {**row, "group": "another"}, r"line 2: label, source, level or group differ"),
+    (lambda row: {**row, "label": 1 - row["label"], **({"categories": ["violence"]} if row["label"] == 0 else {})}
+     | ({} if row["label"] == 0 else {"categories": None}), r"line 2: label, source or level differ"),
     (lambda row: {**row, "label": "maybe"}, r"t/train.es.jsonl: line 2: "),
 ])
 def test_a_bad_translation_names_its_file_and_line(base, synthetic_sources, tmp_path, change, message):  # noqa: F811
@@ -116,3 +118,19 @@ def test_the_command_builds_with_translations(base, synthetic_sources, tmp_path)
     missing = CliRunner().invoke(cli, ["data", "build", "--out", str(tmp_path / "o2"), "--translations",
                                        str(tmp_path / "nowhere")])
     assert missing.exit_code != 0 and "nowhere" in missing.output
+
+
+def test_a_translation_finds_its_original_by_content_when_a_grown_build_renamed_its_group(base, synthetic_sources,  # noqa: F811
+                                                                                         tmp_path):
+    (split, record), = _originals(base)[:1]
+    renamed = replace(record, group="the group it had in an older build")
+    row = {**_translated(renamed, "es"), ORIGIN_CONTENT_FIELD: content_key(record)}
+    assert row[ORIGIN_FIELD] != translation_key(record)
+    _write(tmp_path / "t" / "train.es.jsonl", [row])
+    built = build_dataset(options(synthetic_sources, max_per_source=60, translations=(str(tmp_path / "t"),)))
+    placed = [(name, r) for name in SPLITS for r in built.splits[name] if r.language == "es"]
+    assert [(name, r.group) for name, r in placed] == [(split, record.group)]
+    without_content = {k: v for k, v in row.items() if k != ORIGIN_CONTENT_FIELD}
+    _write(tmp_path / "t" / "train.es.jsonl", [without_content])
+    with pytest.raises(InputError, match="is not in this build"):
+        build_dataset(options(synthetic_sources, max_per_source=60, translations=(str(tmp_path / "t"),)))

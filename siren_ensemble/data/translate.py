@@ -21,6 +21,7 @@ from typing import Iterable, Iterator, Protocol, Sequence
 
 from ..errors import InputError
 from ..inputs import json_object
+from .normalize import record_key
 from .records import SafetyRecord
 from .translation_filters import (REASONS, FilterOptions, TranslatedPart, back_translation_rejection, clean_output,
                                   first_rejection)
@@ -28,6 +29,9 @@ from .translation_filters import (REASONS, FilterOptions, TranslatedPart, back_t
 logger = logging.getLogger(__name__)
 
 ORIGIN_FIELD = "translated_from"
+#: sha256 of the source record's content key (``normalize.record_key``: its text, or prompt and response), which a
+#: later build keeps even when a new source joins the record's group and renames it.
+ORIGIN_CONTENT_FIELD = "translated_from_content"
 REJECTED_FILE = "rejected.jsonl"
 REPORT_FILE = "report.json"
 
@@ -125,6 +129,11 @@ def translation_key(record: SafetyRecord) -> str:
     """sha256 of the record's JSON without ``language``: what says a record was translated already."""
     fields = {key: value for key, value in record.to_json().items() if key != "language"}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def content_key(record: SafetyRecord) -> str:
+    """sha256 of what a head reads of the record (case-, punctuation- and whitespace-blind)."""
+    return hashlib.sha256(record_key(record).encode("utf-8")).hexdigest()
 
 
 def translation_prompt(text: str, language: str) -> str:
@@ -244,7 +253,8 @@ def _translate_batch(generator: Generator, batch: list[tuple[str, SafetyRecord]]
         translations = {part.field: part.translated for part in items}
         if verdict is None:
             report.kept += 1
-            kept.append({**replace(record, language=target.code, **translations).to_json(), ORIGIN_FIELD: key})
+            kept.append({**replace(record, language=target.code, **translations).to_json(), ORIGIN_FIELD: key,
+                         ORIGIN_CONTENT_FIELD: content_key(record)})
         else:
             report.rejected[verdict.reason] += 1
             refused.append({"key": key, "language": target.code, "reason": verdict.reason, "field": verdict.field,

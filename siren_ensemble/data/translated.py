@@ -1,9 +1,10 @@
 """Translated records (``data translate``'s files) joined into a build.
 
 Each translation goes to the split of the record it translates, found by ``translated_from`` (the source record's
-:func:`~siren_ensemble.data.translate.translation_key`), so a translation never sits in another split than its
-original and the split stays leak-free. A translation whose original is not in the build is an error naming its file
-and line: it was made from a build with other sources or options, and placing it by guess could leak.
+:func:`~siren_ensemble.data.translate.translation_key`), or else by ``translated_from_content`` (the hash of its
+text: a build that grew can rename the record's group), so a translation never sits in another split than its
+original and the split stays leak-free; it takes its original's group. A translation whose original is not in the
+build is an error naming its file and line: placing it by guess could leak.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..errors import InputError
 from .records import SPLITS, SafetyRecord, parse_record
-from .translate import ORIGIN_FIELD, REJECTED_FILE, translation_key
+from .translate import ORIGIN_CONTENT_FIELD, ORIGIN_FIELD, REJECTED_FILE, content_key, translation_key
 
 #: ``<split>.<language>.jsonl``, the files ``data translate`` writes (``rejected.jsonl`` is not one).
 TRANSLATION_FILE = re.compile(r"^(?P<split>train|validation|test)\.(?P<language>[a-z]{2,3})\.jsonl$")
@@ -28,6 +29,8 @@ class Translation:
     record: SafetyRecord
     #: ``translation_key`` of the record it translates.
     origin: str
+    #: ``content_key`` of the record it translates (None in files written before it existed).
+    origin_content: str | None
     #: "<file>: line <n>", for errors.
     where: str
 
@@ -80,32 +83,37 @@ def _translation(line: str, language: str, where: str) -> Translation:
         raise InputError(f"{where}: no `{ORIGIN_FIELD}`; not a file written by `data translate`")
     if record.language != language:
         raise InputError(f"{where}: `language` is {record.language!r}, but the file holds {language!r} translations")
-    return Translation(record, origin, where)
+    content = item.get(ORIGIN_CONTENT_FIELD)
+    if content is not None and not isinstance(content, str):
+        raise InputError(f"{where}: `{ORIGIN_CONTENT_FIELD}` must be a string, got {content!r}")
+    return Translation(record, origin, content, where)
 
 
 def add_translations(splits: dict[str, list[SafetyRecord]], translations: Iterable[Translation],
                      stats: TranslationStats) -> None:
     """Append each translation to the split that holds its original (in place)."""
     home: dict[str, tuple[str, SafetyRecord]] = {}
+    by_content: dict[str, tuple[str, SafetyRecord]] = {}
     for name in SPLITS:
         for record in splits[name]:
             if record.language is None:
                 home.setdefault(translation_key(record), (name, record))
+                by_content.setdefault(content_key(record), (name, record))
     seen: set[tuple[str, str]] = set()
     for translation in translations:
         record = translation.record
-        if (translation.origin, record.language) in seen:
-            stats.repeated += 1
-            continue
-        if translation.origin not in home:
+        found = home.get(translation.origin) or by_content.get(translation.origin_content or "")
+        if found is None:
             raise InputError(f"{translation.where}: the record it translates ({ORIGIN_FIELD} "
                              f"{translation.origin[:12]}...) is not in this build; translate a split built with the "
                              f"same sources and options (`data translate --data <that split>`)")
-        split, original = home[translation.origin]
-        if (record.label, record.source, record.level, record.group) != (original.label, original.source,
-                                                                          original.level, original.group):
-            raise InputError(f"{translation.where}: label, source, level or group differ from the record it "
-                             f"translates ({original.source}, label {original.label}, group {original.group!r})")
-        seen.add((translation.origin, record.language))
-        splits[split].append(record)
+        split, original = found
+        if (record.label, record.source, record.level) != (original.label, original.source, original.level):
+            raise InputError(f"{translation.where}: label, source or level differ from the record it translates "
+                             f"({original.source}, label {original.label}, {original.level} level)")
+        if (translation_key(original), record.language) in seen:
+            stats.repeated += 1
+            continue
+        seen.add((translation_key(original), record.language))
+        splits[split].append(replace(record, group=original.group))
         stats.added[split][record.language] += 1
