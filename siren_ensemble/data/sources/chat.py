@@ -1,4 +1,5 @@
-"""Open-domain chat (chitchat-dataset 0.9.0) and English Q&A (chatterbot-corpus 1.3.3): benign."""
+"""Open-domain chat (chitchat-dataset 0.9.0) and Q&A (chatterbot-corpus 1.3.3: English, and Hindi, Tamil, Telugu):
+benign."""
 
 from __future__ import annotations
 
@@ -32,14 +33,30 @@ def chitchat() -> Iterator[SafetyRecord]:
 @source("chatterbot", "chatterbot-corpus", "benign",
         "English chatterbot corpus: questions (prompt level) and question/answer pairs (response level)")
 def chatterbot() -> Iterator[SafetyRecord]:
-    folder = data_file("chatterbot-corpus", "data/english")
+    yield from _chatterbot("english", "chatterbot", None)
+
+
+#: chatterbot-corpus folder -> language code, for the languages of india_safety.
+INDIC_FOLDERS = {"hindi": "hi", "tamil": "ta", "telugu": "te"}
+
+
+@source("chatterbot_indic", "chatterbot-corpus", "benign",
+        "chatterbot corpus in Hindi, Tamil and Telugu (greetings, small talk, health): questions and question/answer "
+        "pairs; off by default", default=False, requests=False)
+def chatterbot_indic() -> Iterator[SafetyRecord]:
+    for folder, language in INDIC_FOLDERS.items():
+        yield from _chatterbot(folder, "chatterbot_indic", language)
+
+
+def _chatterbot(folder_name: str, name: str, language: str | None) -> Iterator[SafetyRecord]:
+    folder = data_file("chatterbot-corpus", f"data/{folder_name}")
     for path in sorted(folder.glob("*.yml")):
         for conversation in read_yaml(path).get("conversations") or []:
             texts = [str(turn).strip() for turn in conversation if str(turn).strip()]
             if not texts:
                 continue
-            group = f"chatterbot:{path.stem}:{texts[0].casefold()}"
-            yield SafetyRecord(label=0, source="chatterbot", text=texts[0], group=group)
+            group = f"{name}:{path.stem}:{texts[0].casefold()}"
+            yield SafetyRecord(label=0, source=name, text=texts[0], group=group, language=language)
             if len(texts) > 1:
-                yield SafetyRecord(label=0, source="chatterbot", level="response", prompt=texts[0],
-                                   response=texts[1], group=group)
+                yield SafetyRecord(label=0, source=name, level="response", prompt=texts[0], response=texts[1],
+                                   group=group, language=language)
