@@ -89,6 +89,17 @@ def test_cut_head_lists_no_layer_above_the_cut_and_records_it(cut_head):
     assert f"depth cut (--max-layer {MAX_LAYER}): layers 0-{MAX_LAYER} of {DEPTH}" in (cut_head / SUMMARY_FILE).read_text()
 
 
+def test_training_a_cut_head_extracts_only_the_layers_up_to_the_cut(cut_head):
+    from safetensors import safe_open
+
+    shards = list((cut_head.parent / "cache").rglob("by-text/*/*.safetensors"))
+    assert shards
+    for path in shards:
+        with safe_open(str(path), framework="np") as shard:
+            assert shard.metadata()["max_layer"] == str(MAX_LAYER)
+            assert sorted(shard.keys()) == [f"layer{layer}" for layer in range(MAX_LAYER + 1)]
+
+
 def test_runtime_runs_only_the_blocks_the_cut_head_reads(cut_head, tiny_models, synthetic_data, write_config, monkeypatch):
     loaded: list[LoadedBackbone] = []
     original_load = LoadedBackbone.load.__func__

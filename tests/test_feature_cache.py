@@ -21,9 +21,9 @@ class Stopped(Exception):
 def extractor(tiny_models, tmp_path):
     """Extractors of the tiny Llama; those given the same ``cache`` share one cache directory."""
     def make(cache: str = "cache", chunk_size: int = 512, max_length: int = 32, dtype: str = "float32",
-             pooling: str = "residual_mean") -> FeatureExtractor:
+             pooling: str = "residual_mean", max_layer: int | None = None) -> FeatureExtractor:
         return FeatureExtractor(adapter_for("llama3", str(tiny_models["llama"]), dtype=dtype), max_length=max_length,
-                                pooling=pooling, cache_dir=tmp_path / cache, chunk_size=chunk_size)
+                                pooling=pooling, cache_dir=tmp_path / cache, chunk_size=chunk_size, max_layer=max_layer)
 
     return make
 
@@ -216,3 +216,47 @@ def test_a_list_entry_is_still_read_where_its_rows_cannot_be_filed(extractor, mo
     monkeypatch.setattr(TextStore, "add", read_only)
     np.testing.assert_array_equal(first.features(TEXTS)[0], old[0])
     assert "not filed per text" in caplog.text
+
+
+# ---- depth-cut extraction -----------------------------------------------------------------------------------------
+
+
+def test_a_cut_extractor_runs_and_stores_only_the_layers_it_needs_and_they_equal_a_full_pass(extractor, extracted):
+    full = extractor(cache="full").features(TEXTS)
+    depth = len(full)
+    assert depth >= 3
+    cut = extractor(max_layer=1).features(TEXTS)
+    assert sorted(cut) == [0, 1]
+    for layer in cut:
+        np.testing.assert_allclose(cut[layer], full[layer], rtol=0, atol=1e-6)
+    shards = list(extractor(max_layer=1).store.directory.glob("*.safetensors"))
+    from safetensors import safe_open
+    with safe_open(str(shards[0]), framework="np") as shard:
+        assert sorted(shard.keys()) == ["layer0", "layer1"] and shard.metadata()["max_layer"] == "1"
+
+
+def test_a_cut_shard_serves_as_deep_a_cut_but_never_a_deeper_one_or_a_full_request(extractor, extracted):
+    extractor(max_layer=1).features(TEXTS)
+    extracted.clear()
+    extractor(max_layer=0).features(TEXTS)  # shallower: served by the cut shard
+    assert extracted == []
+    assert not extractor(max_layer=2).is_cached(TEXTS) and not extractor().is_cached(TEXTS)
+    full = extractor().features(TEXTS)
+    assert extracted == [TEXTS]
+    extracted.clear()
+    deeper = extractor(max_layer=2).features(TEXTS + NEW[:1])  # the full shard serves the stored texts
+    assert extracted == [NEW[:1]] and sorted(deeper) == [0, 1, 2]
+    np.testing.assert_array_equal(deeper[2][:len(TEXTS)], full[2])
+
+
+def test_a_cut_at_the_last_layer_is_stored_as_a_full_shard(extractor, extracted):
+    depth = len(extractor(cache="probe").features(TEXTS[:1]))
+    extractor(max_layer=depth - 1).features(TEXTS)
+    extracted.clear()
+    assert extractor().is_cached(TEXTS)
+
+
+def test_a_cut_list_entry_has_its_own_key(extractor):
+    assert extractor(max_layer=1).cache_key(TEXTS) != extractor().cache_key(TEXTS)
+    assert extractor(max_layer=1).cache_key(TEXTS) != extractor(max_layer=0).cache_key(TEXTS)
+    assert extractor(max_layer=1).store.directory == extractor().store.directory

@@ -34,11 +34,13 @@ class FeatureScorer:
                 self._extractors[key] = FeatureExtractor(
                     plan.adapter, loaded=self._backbones, max_length=plan.head.max_length, pooling=plan.head.config.pooling,
                     max_tokens=config.batching.max_tokens, max_texts=config.batching.max_texts, cache_dir=cache_dir,
+                    max_layer=max(plan.head.config.layers),
                 )
 
     @staticmethod
     def extractor_key(plan: MemberPlan) -> tuple:
-        return (plan.spec, plan.head.max_length, plan.head.config.pooling)
+        # Heads of one backbone that read to different depths extract apart; each reads every shard deep enough.
+        return (plan.spec, plan.head.max_length, plan.head.config.pooling, max(plan.head.config.layers))
 
     def extractor(self, plan: MemberPlan) -> FeatureExtractor:
         return self._extractors[self.extractor_key(plan)]

@@ -12,6 +12,11 @@ exact texts. Two kinds live under the cache directory:
 - Per list: ``<key>.safetensors``, the rows of one ordered list, written once the list is complete, so identical calls
   (re-runs, sweeps, the leave-one-source-out evaluation) read one file.
 
+An extractor with ``max_layer`` set (a depth-cut head's training or scoring) runs and stores layers 0 to
+``max_layer`` only, so a cut backbone's extraction costs what its runtime pass does. Its shards record the cut
+(``DEPTH_KEY``); a request is served by any shard holding at least the layers it needs (a full shard serves
+every cut, a cut shard only as deep a cut), and a list entry of a cut extractor has its own key.
+
 Entries of the earlier format stay valid: a list entry is read as before, and its rows are filed per text the first
 time (so a build that grows from it extracts only its new texts); the ``<key>.chunks-512`` chunks of a stopped run of
 the same list are filed per text and removed.
@@ -51,6 +56,8 @@ MAX_PADDING = 0.25
 TEXT_STORE_DIR = "by-text"
 #: Header metadata of a per-text shard: the sha256 of its texts, one per row, newline-separated.
 DIGESTS_KEY = "text_sha256"
+#: Header metadata of a shard that holds layers 0 to N only (its value: N); absent from a shard of every layer.
+DEPTH_KEY = "max_layer"
 
 
 def texts_digest(texts: Sequence[str]) -> str:
@@ -71,7 +78,8 @@ class FeatureExtractor:
 
     def __init__(self, adapter: BackboneAdapter, max_length: int = 512, pooling: str = "residual_mean",
                  max_tokens: int = 8192, max_texts: int = 64, cache_dir: str | Path | None = None,
-                 loaded: dict[BackboneSpec, LoadedBackbone] | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE):
+                 loaded: dict[BackboneSpec, LoadedBackbone] | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 max_layer: int | None = None):
         self.adapter = adapter
         self.max_length = max_length
         self.pooling = pooling
@@ -81,6 +89,8 @@ class FeatureExtractor:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.chunk_size = chunk_size
+        #: The deepest layer extracted (None: every layer); a depth-cut head needs no deeper one.
+        self.max_layer = max_layer
         #: Loaded backbones by spec; extractors given the same dict share them (one load per backbone).
         self.loaded = loaded if loaded is not None else {}
         self._store: TextStore | None = None
@@ -107,12 +117,14 @@ class FeatureExtractor:
                 "max_length": self.max_length}
 
     def identity_key(self) -> str:
-        """The key of everything but the texts: the per-text store's folder."""
+        """The key of everything but the texts and the depth: the per-text store's folder, which every cut shares."""
         return _short_hash(self._identity())
 
     def cache_key(self, texts: Sequence[str]) -> str:
-        """The key of one exact list of texts (unchanged from the earlier format, so its entries stay valid)."""
-        return _short_hash({**self._identity(), "texts": texts_digest(texts)})
+        """The key of one exact list of texts (unchanged from the earlier format, so its entries stay valid); a cut
+        extractor's lists hold fewer layers, so the cut is part of their key."""
+        depth = {} if self.max_layer is None else {"max_layer": self.max_layer}
+        return _short_hash({**self._identity(), **depth, "texts": texts_digest(texts)})
 
     @property
     def store(self) -> TextStore:
@@ -126,7 +138,7 @@ class FeatureExtractor:
         texts = list(texts)
         if self._list_path(texts).is_file():
             return True
-        stored = self.store.index()
+        stored = self.store.index(self.max_layer)
         return bool(texts) and all(text_digest(text) in stored for text in texts)
 
     def features(self, texts: Sequence[str], progress: bool = False, description: str = "features") -> LayerFeatures:
@@ -153,8 +165,8 @@ class FeatureExtractor:
         positions: dict[str, list[int]] = {}
         for position, text in enumerate(texts):
             positions.setdefault(text_digest(text), []).append(position)
-        stored = self.store.index()
-        result = _Rows(len(texts))
+        stored = self.store.index(self.max_layer)
+        result = _Rows(len(texts), self.max_layer)
         self.store.read_into(result, {digest: stored[digest] for digest in positions if digest in stored}, positions)
         missing = [digest for digest in positions if digest not in stored]
         with tqdm(total=len(positions), initial=len(positions) - len(missing), desc=description, unit="text",
@@ -162,7 +174,8 @@ class FeatureExtractor:
             for start in range(0, len(missing), self.chunk_size):
                 chunk = missing[start:start + self.chunk_size]
                 extracted = self._extract([texts[positions[digest][0]] for digest in chunk])
-                result.check_layers(self.store.add(chunk, extracted), [f"layer{layer}" for layer in extracted])
+                result.check_layers(self.store.add(chunk, extracted, self._stored_depth()),
+                                    [f"layer{layer}" for layer in extracted])
                 result.put(extracted, *_scatter(chunk, range(len(chunk)), positions))
                 bar.update(len(chunk))
         return result.layers
@@ -172,13 +185,13 @@ class FeatureExtractor:
         firsts: dict[str, int] = {}
         for position, text in enumerate(texts):
             firsts.setdefault(text_digest(text), position)
-        stored = self.store.index()
+        stored = self.store.index(self.max_layer)
         missing = [digest for digest in firsts if digest not in stored]
         try:
             for start in range(0, len(missing), self.chunk_size):
                 chunk = missing[start:start + self.chunk_size]
                 rows = [firsts[digest] for digest in chunk]
-                self.store.add(chunk, {layer: array[rows] for layer, array in layer_features.items()})
+                self.store.add(chunk, {layer: array[rows] for layer, array in layer_features.items()}, self.max_layer)
         except (OSError, SafetensorError) as error:  # a read-only cache still answers from its list entries
             logger.warning("%s: not filed per text in %s (%s)", path, self.store.directory, error)
 
@@ -196,12 +209,19 @@ class FeatureExtractor:
             if not any(chunks_dir.iterdir()):
                 chunks_dir.rmdir()
 
+    def _stored_depth(self) -> int | None:
+        """What a shard this extractor writes holds: None for every layer (a cut at the last one is no cut)."""
+        if self.max_layer is None or self.max_layer >= self.backbone.num_layers - 1:
+            return None
+        return self.max_layer
+
     def _extract(self, texts: list[str]) -> LayerFeatures:
         backbone = self.backbone
-        wanted = {(self.pooling, layer) for layer in range(backbone.num_layers)}
+        depth = backbone.num_layers if self.max_layer is None else min(self.max_layer + 1, backbone.num_layers)
+        wanted = {(self.pooling, layer) for layer in range(depth)}
         encoded = backbone.encode([clean_text(text) for text in texts], self.max_length)
         lengths = [len(item.ids) for item in encoded]
-        out = {layer: np.zeros((len(texts), backbone.hidden_size), dtype=np.float32) for layer in range(backbone.num_layers)}
+        out = {layer: np.zeros((len(texts), backbone.hidden_size), dtype=np.float32) for layer in range(depth)}
         for batch in plan_batches(lengths, self.max_tokens, self.max_texts, MAX_PADDING):
             pooled = backbone.pooled_states([encoded[i].ids for i in batch], wanted)
             rows = np.asarray(batch)
@@ -215,30 +235,37 @@ class TextStore:
 
     def __init__(self, directory: Path):
         self.directory = directory
-        self._digests: dict[Path, list[str]] = {}  # the shards whose headers were read (they never change)
+        # The shards whose headers were read (they never change): their texts' digests and depth (None: every layer).
+        self._digests: dict[Path, tuple[list[str], int | None]] = {}
 
-    def index(self) -> dict[str, tuple[Path, int]]:
-        """Where each stored text's row is (shard, row), over the shards on disk now, whoever wrote them."""
+    def index(self, max_layer: int | None = None) -> dict[str, tuple[Path, int]]:
+        """Where each stored text's row is (shard, row), over the shards on disk now, whoever wrote them, that hold
+        layers 0 to ``max_layer`` (None: every layer). A full shard is preferred to a cut one."""
         shards = sorted(self.directory.glob("*.safetensors")) if self.directory.is_dir() else []
-        known: dict[Path, list[str]] = {}
+        known: dict[Path, tuple[list[str], int | None]] = {}
         for path in shards:
-            digests = self._digests.get(path)
-            if digests is None:
-                digests = _shard_digests(path)
-            if digests is not None:
-                known[path] = digests
+            header = self._digests.get(path)
+            if header is None:
+                header = _shard_header(path)
+            if header is not None:
+                known[path] = header
         self._digests = known
         rows: dict[str, tuple[Path, int]] = {}
-        for path, digests in known.items():
-            for row, digest in enumerate(digests):
-                rows.setdefault(digest, (path, row))
+        for path, (digests, depth) in sorted(known.items(), key=lambda item: item[1][1] is not None):
+            if depth is None or (max_layer is not None and depth >= max_layer):
+                for row, digest in enumerate(digests):
+                    rows.setdefault(digest, (path, row))
         return rows
 
-    def add(self, digests: list[str], layer_features: LayerFeatures) -> Path:
-        """Stores the rows of the texts named by ``digests``, in order, as a new shard."""
+    def add(self, digests: list[str], layer_features: LayerFeatures, max_layer: int | None = None) -> Path:
+        """Stores the rows of the texts named by ``digests``, in order, as a new shard (of layers 0 to ``max_layer``
+        when the extraction was cut there)."""
         path = self.directory / f"{uuid.uuid4().hex}.safetensors"
-        _write_atomically(layer_features, path, {DIGESTS_KEY: "\n".join(digests)})
-        self._digests[path] = list(digests)
+        metadata = {DIGESTS_KEY: "\n".join(digests)}
+        if max_layer is not None:
+            metadata[DEPTH_KEY] = str(max_layer)
+        _write_atomically(layer_features, path, metadata)
+        self._digests[path] = (list(digests), max_layer)
         return path
 
     def read_into(self, result: _Rows, locations: Mapping[str, tuple[Path, int]],
@@ -249,27 +276,39 @@ class TextStore:
             by_shard.setdefault(path, []).append(digest)
         for path, digests in by_shard.items():
             with safe_open(str(path), framework="np") as shard:
-                result.check_layers(path, shard.keys())
+                names = result.check_layers(path, shard.keys())
                 targets, rows = _scatter(digests, [locations[digest][1] for digest in digests], positions)
-                for name in shard.keys():
+                for name in names:
                     result.put({_layer(name): shard.get_tensor(name)}, targets, rows)
 
 
 class _Rows:
-    """The features of ``size`` texts, filled part by part; each layer is allocated when its first part comes."""
+    """The features of ``size`` texts, filled part by part; each layer is allocated when its first part comes.
 
-    def __init__(self, size: int):
+    With ``max_layer`` set, the layers 0 to ``max_layer`` of each part are kept (a part may hold deeper ones);
+    without it, every part must hold the same layers."""
+
+    def __init__(self, size: int, max_layer: int | None = None):
         self.size = size
+        self.max_layer = max_layer
         self.layers: LayerFeatures = {}
         self._first: tuple[Path, list[str]] | None = None  # the first part's shard and layer names
 
-    def check_layers(self, path: Path, names: Sequence[str]) -> None:
-        names = sorted(names)
+    def check_layers(self, path: Path, names: Sequence[str]) -> list[str]:
+        """The names of ``path``'s layers to keep; an ArtifactError when it lacks one."""
+        names = sorted(names, key=_layer)
+        if self.max_layer is not None:
+            kept = [name for name in names if _layer(name) <= self.max_layer]
+            if [_layer(name) for name in kept] != list(range(self.max_layer + 1)):
+                raise ArtifactError(f"{path}: layers {names} lack some of layers 0-{self.max_layer}; "
+                                    "delete it to extract its texts again")
+            return kept
         if self._first is None:
             self._first = (path, names)
         elif names != self._first[1]:
             raise ArtifactError(f"{path}: layers {names} where {self._first[0]} holds {self._first[1]}; "
                                 "delete the wrong one to extract its texts again")
+        return names
 
     def put(self, part: LayerFeatures, targets: np.ndarray, rows: np.ndarray) -> None:
         """Row ``rows[i]`` of each of ``part``'s layers goes to position ``targets[i]``."""
@@ -286,11 +325,13 @@ def _scatter(digests: Sequence[str], rows: Sequence[int],
     return np.asarray([p for p, _ in pairs], dtype=np.int64), np.asarray([r for _, r in pairs], dtype=np.int64)
 
 
-def _shard_digests(path: Path) -> list[str] | None:
-    """A shard's text digests, checked against its rows; None when it is gone (deleted since it was listed)."""
+def _shard_header(path: Path) -> tuple[list[str], int | None] | None:
+    """A shard's text digests, checked against its rows, and its depth (None: every layer); None when it is gone
+    (deleted since it was listed)."""
     try:
         with safe_open(str(path), framework="np") as shard:
-            listed = (shard.metadata() or {}).get(DIGESTS_KEY)
+            metadata = shard.metadata() or {}
+            listed, depth = metadata.get(DIGESTS_KEY), metadata.get(DEPTH_KEY)
             rows = {shard.get_slice(name).get_shape()[0] for name in shard.keys()}
     except FileNotFoundError:
         return None
@@ -300,7 +341,9 @@ def _shard_digests(path: Path) -> list[str] | None:
     if not digests or rows != {len(digests)}:
         raise ArtifactError(f"{path}: {len(digests)} text digests but {sorted(rows)} rows; "
                             "delete it to extract its texts again")
-    return digests
+    if depth is not None and not depth.isdigit():
+        raise ArtifactError(f"{path}: {DEPTH_KEY} {depth!r} is not a layer number; delete it to extract its texts again")
+    return digests, None if depth is None else int(depth)
 
 
 def _read_chunk(path: Path, expected_rows: int, chunks_dir: Path) -> LayerFeatures:

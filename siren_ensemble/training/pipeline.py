@@ -87,8 +87,9 @@ def train_head(extractor: FeatureExtractor, data: str | Path, out: str | Path, o
     """
     if not Path(data).is_dir():
         raise InputError(f"{data}: training needs a split directory (train.jsonl, validation.jsonl, ...)")
+    num_layers = None
     if options.layers is not None or options.max_layer is not None or options.depth_budget is not None:
-        _check_depth_before_extraction(extractor, options)
+        num_layers = _check_depth_before_extraction(extractor, options)
     started = time.perf_counter()
     logger.info("features of %s (%s, %s): train and validation splits of %s", extractor.adapter.spec.describe(),
                 extractor.adapter.spec.dtype, extractor.pooling, data)
@@ -99,7 +100,7 @@ def train_head(extractor: FeatureExtractor, data: str | Path, out: str | Path, o
             raise InputError(f"{data}/{name}.jsonl: needs both harmful (1) and benign (0) records")
     extracted = time.perf_counter()
 
-    cut = resolve_depth_cut(len(train.layers), options.max_layer, options.depth_budget)
+    cut = resolve_depth_cut(num_layers or len(train.layers), options.max_layer, options.depth_budget)
     layers = select_layers(options.layers, cut)
     logger.info("features ready in %.0f s; stage 1: probes for %d layers (%s)", extracted - started, len(layers), cut.requested)
     probes, alphas = fit_layer_probes(train.layers, train.labels, validation.layers, validation.labels, layers,
@@ -227,10 +228,14 @@ def layer_columns(neurons: dict[int, list[int]]) -> dict[int, tuple[int, int]]:
     return columns
 
 
-def _check_depth_before_extraction(extractor: FeatureExtractor, options: TrainOptions) -> None:
-    # The backbone's config alone gives its depth: a bad --layers/--max-layer fails now, not after an hour of extraction.
+def _check_depth_before_extraction(extractor: FeatureExtractor, options: TrainOptions) -> int:
+    """The backbone's depth, read from its config alone: a bad --layers/--max-layer fails now, not after an hour of
+    extraction. The extractor then stops at the deepest layer the head may read, as the head's runtime pass will."""
     num_layers = extractor.adapter.num_layers(extractor.adapter.load_config(extractor.backbone_weights))
-    select_layers(options.layers, resolve_depth_cut(num_layers, options.max_layer, options.depth_budget))
+    layers = select_layers(options.layers, resolve_depth_cut(num_layers, options.max_layer, options.depth_budget))
+    if max(layers) < num_layers - 1 and extractor.max_layer is None:
+        extractor.max_layer = max(layers)
+    return num_layers
 
 
 def _class_counts(labels: np.ndarray) -> dict[str, int]:
