@@ -14,12 +14,14 @@ from collections import Counter
 import pytest
 
 from siren_ensemble.data.build import BuildOptions, build_dataset
-from siren_ensemble.data.packages import DATA_PACKAGES, package_root, require_package
+from siren_ensemble.data.packages import package_root, require_package
 from siren_ensemble.data.records import SPLITS
 from siren_ensemble.data.sources import SOURCES, select_sources
 from siren_ensemble.data.sources.files import read_json
 from siren_ensemble.data.sources.simpleaudit import METHOD_SEEKING
 from siren_ensemble.data.sources.uncensorbench import ALLOWED_BY_MANY_POLICIES, NOT_A_COMPLIANT_ANSWER
+
+from .test_new_sources import records_of
 
 # (label, level, language) -> count, measured on the pinned versions.
 COUNTS = {
@@ -35,16 +37,6 @@ COUNTS = {
     "chatterbot_indic": {(0, "prompt", "hi"): 52, (0, "response", "hi"): 52, (0, "prompt", "ta"): 31,
                          (0, "response", "ta"): 31, (0, "prompt", "te"): 9, (0, "response", "te"): 9},
 }
-_cache: dict[str, list] = {}
-
-
-def records_of(name: str) -> list:
-    entry = SOURCES[name]
-    if package_root(entry.package) is None:
-        pytest.skip(f"{entry.package} is not installed ({DATA_PACKAGES[entry.package].pip_command})")
-    if name not in _cache:
-        _cache[name] = list(entry.load())
-    return _cache[name]
 
 
 @pytest.mark.parametrize("name", sorted(COUNTS))

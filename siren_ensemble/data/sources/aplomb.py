@@ -9,7 +9,7 @@ from typing import Iterator
 from ...errors import InputError
 from ..packages import data_file
 from ..records import SafetyRecord
-from .files import read_json
+from .files import read_json_list
 from .registry import source
 
 PACKAGE = "aplomb"
@@ -21,9 +21,8 @@ FILE = "data/benign_anchors_v1.json"
         "tasks, safety questions); off by default", default=False)
 def aplomb_anchors() -> Iterator[SafetyRecord]:
     path = data_file(PACKAGE, FILE)
-    items = read_json(path)
-    prompts = items.get("benign") if isinstance(items, dict) else None
-    if not isinstance(prompts, list) or not all(isinstance(text, str) and text.strip() for text in prompts):
-        raise InputError(f"{path}: expected an object with a `benign` list of prompts")
+    prompts = read_json_list(path, "benign")
+    if not all(isinstance(text, str) and text.strip() for text in prompts):
+        raise InputError(f"{path}: `benign` must hold non-empty prompts")
     for text in prompts:
         yield SafetyRecord(label=0, source="aplomb_anchors", text=text)

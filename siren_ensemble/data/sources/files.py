@@ -20,6 +20,15 @@ def read_json(path: Path) -> Any:
         raise InputError(f"{path}: malformed JSON ({error.msg} at line {error.lineno})") from None
 
 
+def read_json_list(path: Path, key: str) -> list:
+    """The list under ``key`` of the JSON object in ``path``."""
+    data = read_json(path)
+    items = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise InputError(f"{path}: expected an object with a `{key}` list")
+    return items
+
+
 def read_jsonl(path: Path) -> Iterator[dict]:
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):

@@ -9,7 +9,7 @@ from ...errors import InputError
 from ..category_labels import keyword_only
 from ..packages import data_file
 from ..records import SafetyRecord
-from .files import read_json
+from .files import read_json_list
 from .registry import source
 
 PACKAGE = "redharness"
@@ -22,11 +22,7 @@ LABELS = {"should_refuse": 1, "should_comply": 0}
         "XSTest-style (killing a process, shooting photos, weapons in a video game); off by default", default=False)
 def redharness() -> Iterator[SafetyRecord]:
     path = data_file(PACKAGE, FILE)
-    items = read_json(path)
-    behaviours = items.get("behaviors") if isinstance(items, dict) else None
-    if not isinstance(behaviours, list):
-        raise InputError(f"{path}: expected an object with a `behaviors` list")
-    for number, item in enumerate(behaviours):
+    for number, item in enumerate(read_json_list(path, "behaviors")):
         text, expected = (item.get("prompt"), item.get("expected")) if isinstance(item, dict) else (None, None)
         if not isinstance(text, str) or expected not in LABELS:
             raise InputError(f"{path}: behaviors[{number}]: needs `prompt` and `expected` (one of {', '.join(LABELS)})")

@@ -15,7 +15,7 @@ from ...errors import InputError
 from ..category_labels import UNCENSORBENCH_TOPICS, uncensorbench_categories
 from ..packages import data_file
 from ..records import SafetyRecord
-from .files import read_json
+from .files import read_json_list
 from .registry import source
 
 PACKAGE = "uncensorbench"
@@ -34,11 +34,7 @@ FIELDS = ("id", "topic", "subtopic", "prompt", "censored_response", "uncensored_
         "off by default", default=False)
 def uncensorbench() -> Iterator[SafetyRecord]:
     path = data_file(PACKAGE, FILE)
-    items = read_json(path)
-    items = items.get("prompts") if isinstance(items, dict) else None
-    if not isinstance(items, list):
-        raise InputError(f"{path}: expected an object with a `prompts` list")
-    for number, item in enumerate(items):
+    for number, item in enumerate(read_json_list(path, "prompts")):
         if not isinstance(item, dict) or any(not isinstance(item.get(key), str) for key in FIELDS):
             raise InputError(f"{path}: prompts[{number}]: needs the string fields {', '.join(FIELDS)}")
         ident = item["id"]
