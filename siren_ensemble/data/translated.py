@@ -111,9 +111,10 @@ def add_translations(splits: dict[str, list[SafetyRecord]], translations: Iterab
         if (record.label, record.source, record.level) != (original.label, original.source, original.level):
             raise InputError(f"{translation.where}: label, source or level differ from the record it translates "
                              f"({original.source}, label {original.label}, {original.level} level)")
-        if (translation_key(original), record.language) in seen:
+        once = (translation_key(original), record.language)
+        if once in seen:
             stats.repeated += 1
             continue
-        seen.add((translation_key(original), record.language))
+        seen.add(once)
         splits[split].append(replace(record, group=original.group))
         stats.added[split][record.language] += 1

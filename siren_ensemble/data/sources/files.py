@@ -50,6 +50,18 @@ def read_yaml(path: Path) -> Any:
         raise InputError(f"{path}: malformed YAML ({error})") from None
 
 
+def read_csv_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line, row) of a CSV file whose header holds ``columns`` (a byte-order mark is skipped); a missing column is an
+    error naming the file."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in columns if column not in (reader.fieldnames or ())]
+        if missing:
+            raise InputError(f"{path}: missing columns {', '.join(missing)}")
+        for row in reader:
+            yield reader.line_num, row
+
+
 def read_commented_csv(path: Path) -> list[dict[str, str]]:
     """A CSV whose leading ``#`` lines are metadata (pyrit's scorer evaluation sets)."""
     with open(path, encoding="utf-8", newline="") as handle:

@@ -12,15 +12,14 @@ source does: the space is dropped, so that a head cannot tell the classes apart 
 
 from __future__ import annotations
 
-import csv
 import re
-from pathlib import Path
 from typing import Iterator
 
 from ...errors import InputError
 from ..category_labels import INDIA_SAFETY_CATEGORIES, india_safety_categories
 from ..packages import data_file
 from ..records import SafetyRecord
+from .files import read_csv_rows
 from .registry import source
 
 PACKAGE = "inspect-india-evals"
@@ -39,7 +38,7 @@ _SPACED_DANDA = re.compile(r"\s+(।)")
         "benign Indic text beside it; off by default", default=False, requests=False)
 def india_safety() -> Iterator[SafetyRecord]:
     path = data_file(PACKAGE, FILE)
-    for line, row in _rows(path, ("id", "category", *VERSIONS)):
+    for line, row in read_csv_rows(path, ("id", "category", *VERSIONS)):
         category = row["category"]
         if category not in INDIA_SAFETY_CATEGORIES or not row["id"]:
             raise InputError(f"{path}: line {line}: unknown category {category!r} or no id")
@@ -56,20 +55,11 @@ def india_safety() -> Iterator[SafetyRecord]:
         "questions and instructions in the languages of india_safety; off by default", default=False, requests=False)
 def india_mmlu() -> Iterator[SafetyRecord]:
     path = data_file(PACKAGE, MMLU_FILE)
-    for line, row in _rows(path, ("id", "language", "question")):
-        if not row["id"] or not row["question"].strip():
+    for line, row in read_csv_rows(path, ("id", "language", "question")):
+        question = row["question"].strip()
+        if not row["id"] or not question:
             raise InputError(f"{path}: line {line}: needs an id and a question")
         if row["language"] in LANGUAGES:
-            yield SafetyRecord(label=0, source="india_mmlu", text=row["question"].strip(), group=f"india_mmlu:{row['id']}",
+            yield SafetyRecord(label=0, source="india_mmlu", text=question, group=f"india_mmlu:{row['id']}",
                                language=None if row["language"] == "en" else row["language"])
 
-
-def _rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line, row) of a CSV file with a header holding ``columns``."""
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in columns if column not in (reader.fieldnames or ())]
-        if missing:
-            raise InputError(f"{path}: missing columns {', '.join(missing)}")
-        for row in reader:
-            yield reader.line_num, row

